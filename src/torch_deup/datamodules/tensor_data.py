@@ -1,0 +1,174 @@
+"""Images held once as a uint8 tensor, normalised and augmented a whole batch at a time.
+
+Decoding JPEG/PNG files image by image through PIL at every epoch is what makes CIFAR training
+slow on a small CPU. Here a folder is decoded once (and cached on disk), and the DataLoader asks
+the dataset for whole batches through ``__getitems__``, so a batch costs a few tensor ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class ImageTensors:
+    """Decoded images ``(N, C, H, W)`` uint8, integer targets ``(N,)`` and class names."""
+
+    images: Tensor
+    targets: Tensor
+    classes: list[str]
+
+    def subset(self, index: Tensor) -> ImageTensors:
+        return ImageTensors(self.images[index], self.targets[index], self.classes)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TORCH_DEUP_CACHE", Path.home() / ".cache" / "torch_deup"))
+
+
+def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files of a ``root/<class>/<image>`` tree, classes in sorted folder order."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files, targets = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+                targets.append(label)
+    if not files:
+        raise FileNotFoundError(
+            f"No images ({', '.join(IMAGE_SUFFIXES)}) found under {root}/<class>/. "
+            "Expected one sub-folder per class holding that class's images."
+        )
+    return files, targets, classes
+
+
+def load_image_folder(
+    root: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+) -> ImageTensors:
+    """Decode every image of ``root/<class>/*`` into one uint8 tensor, cached on disk.
+
+    The cache key covers the folder's path, file names and sizes, so editing the folder
+    invalidates it. All images must share one size.
+
+    Example:
+        >>> data = load_image_folder("../shared/data/cifar10/test")  # doctest: +SKIP
+        >>> data.images.shape
+        torch.Size([10000, 3, 32, 32])
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    files, targets, classes = list_image_folder(root)
+    key = hashlib.sha1(str(root).encode())
+    for path in files:
+        key.update(f"{path.relative_to(root)}:{path.stat().st_size};".encode())
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache / f"{root.name}-{key.hexdigest()[:16]}.pt"
+    if cache_file.exists():
+        images, cached_targets, cached_classes = torch.load(cache_file, weights_only=True).values()
+        return ImageTensors(images, cached_targets, list(cached_classes))
+    decoded = [
+        decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        for path in tqdm(files, desc=f"Decoding {root.name}", disable=not progress)
+    ]
+    shapes = {tuple(img.shape) for img in decoded}
+    if len(shapes) != 1:
+        raise ValueError(f"Images under {root} have different sizes {sorted(shapes)}; resize them first.")
+    data = ImageTensors(torch.stack(decoded), torch.tensor(targets, dtype=torch.long), classes)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"images": data.images, "targets": data.targets, "classes": classes}, tmp)
+    tmp.replace(cache_file)
+    return data
+
+
+def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Random crop after zero padding plus random horizontal flip, independently per image."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1, 1), generator=generator)
+    rows = dy + torch.arange(h).view(1, 1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, 1, w)
+    batch = torch.arange(n).view(n, 1, 1, 1)
+    chans = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+    out = padded[batch, chans, rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images served as normalised float batches, optionally augmented.
+
+    ``__getitems__`` lets a DataLoader fetch a whole batch in one call (see :func:`batch_loader`).
+    """
+
+    def __init__(
+        self,
+        data: ImageTensors,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        padding: int = 4,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.augment = augment
+        self.padding = padding
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.data.targets)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.data.images[index]
+        if self.augment:
+            images = random_crop_flip(images, self.padding, self.generator)
+        return (images.float() - self.mean) / self.std, self.data.targets[index]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+
+def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return batch
+
+
+def batch_loader(
+    dataset: TensorImageDataset,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader that fetches whole batches from a :class:`TensorImageDataset`."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        collate_fn=_already_batched,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,14 @@
+"""Feature extractors: what DEUP's error predictor and the OOD criteria read from model outputs."""
+
+from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
+from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs, class_probabilities
+
+__all__ = [
+    "Embedding",
+    "FeatureExtractor",
+    "NotFittedError",
+    "OutputStatistics",
+    "RegressionOutputs",
+    "check_is_fitted",
+    "class_probabilities",
+]

@@ -1,0 +1,70 @@
+"""The contract of a post-hoc uncertainty estimator attached to a trained model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from torch_deup.outputs import ModelOutputs, OutputCapture
+
+
+class PostProcessing(ABC):
+    """Fitted on held-out data after training; scores new inputs from the model's outputs.
+
+    Subclasses implement :meth:`fit_outputs` and :meth:`score_outputs`; everything that runs the
+    base model lives here, so an evaluation loop that already has the outputs never runs it again.
+    """
+
+    #: whether ``fit`` makes use of the training split's outputs (``train_loader``)
+    uses_train_data: bool = False
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self.model = model
+
+    def set_model(self, model: nn.Module) -> None:
+        """Attach the base model (the evaluation routine does this for you)."""
+        self.model = model
+
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise ValueError(
+                f"{type(self).__name__} has no base model. Pass `model=` at construction or call "
+                "`set_model(model)` first."
+            )
+        return self.model
+
+    @abstractmethod
+    def fit(self, cal_loader: Iterable, train_loader: Iterable | None = None) -> PostProcessing:
+        """Fit on a calibration loader of ``(inputs, targets)`` held out from training."""
+
+    @abstractmethod
+    def fit_outputs(
+        self,
+        cal_outputs: ModelOutputs,
+        cal_targets: Tensor,
+        train_outputs: ModelOutputs | None = None,
+        train_targets: Tensor | None = None,
+    ) -> PostProcessing:
+        """Fit from model outputs that were already computed."""
+
+    @abstractmethod
+    def score_outputs(self, outputs: ModelOutputs) -> Tensor:
+        """One uncertainty score per sample (higher = less trustworthy) from computed outputs."""
+
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool: ...
+
+    def model_outputs(self, x: Tensor) -> ModelOutputs:
+        """One forward pass of the base model, logits and embedding captured together."""
+        model = self._require_model()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            return OutputCapture(model)(x.to(device))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Uncertainty scores for raw inputs: one forward pass of the base model, then the scorer."""
+        return self.score_outputs(self.model_outputs(x))

@@ -1,0 +1,460 @@
+"""DEUP: Direct Epistemic Uncertainty Prediction (Lahlou et al., TMLR 2023), post hoc.
+
+The base model is trained and frozen. DEUP learns an error predictor ``g`` that maps features of
+the model's outputs for an input to the loss the model incurs there. Read top to bottom:
+
+1. :func:`per_sample_errors` - the loss of the base model on each calibration sample: cross-entropy
+   (multi-class), binary cross-entropy with logits (single-logit binary model), squared error
+   (regression). The calibration split is held out from training, so these errors are already
+   out-of-sample: the quantity DEUP's Algorithm 2 asks ``g`` to predict.
+2. Features for ``g`` come from :class:`~torch_deup.features.base.FeatureExtractor` objects that read
+   the model's logits and penultimate embedding (captured in the same forward pass). Extractors that
+   need the training split (densities, distances) are fitted on the training outputs.
+3. When training outputs are given, the *held-out-class* protocol
+   (:mod:`torch_deup.post_processing.held_out_classes`) adds rows that show ``g`` what an error looks
+   like on a class the model's cheap parts have never seen: without them ``g`` only learns "low
+   confidence means error" and scores confidently-wrong OOD inputs as safe.
+4. K stratified, shuffled folds: K predictors trained on K-1 folds give out-of-fold (OOF)
+   predictions. They measure how well ``g`` generalises (``oof_spearman_``) and fix the number of
+   epochs for the final ``g``, which is trained on all rows (nothing left out for early stopping).
+5. ``g`` is an MLP with a linear skip and a softplus output, so ``g(x) >= 0`` and, through the skip,
+   it extrapolates monotonically past the range of the training rows instead of flattening out.
+   It is trained on standardised features with a loss in log space, because cross-entropy errors
+   are heavy-tailed (most near 0, a few above 5): a squared loss on raw errors is dominated by
+   the few largest ones and ranks the rest poorly.
+
+Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
+uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
+out-of-sample targets here; OOF predictions are a smoothed copy that can only lose information the
+features did not capture (``benchmarks/deup_targets.py`` measures both).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from torch_deup.features.base import FeatureExtractor, NotFittedError
+from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs, class_probabilities
+from torch_deup.outputs import ModelOutputs, collect_outputs
+from torch_deup.post_processing.base import PostProcessing
+
+TASKS = ("classification", "regression")
+TARGETS = ("error", "oof")
+_LOG_EPS = 1e-3  # errors below this are "no error": their log is not worth fitting
+
+
+def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
+    """The base model's loss on each sample, after checking targets against the outputs.
+
+    Example:
+        >>> per_sample_errors("regression", torch.tensor([[1.0], [3.0]]), torch.tensor([1.0, 1.0]))
+        tensor([0., 4.])
+    """
+    if not torch.isfinite(logits).all():
+        raise ValueError(
+            "The model produced NaN or inf outputs on the calibration data. Check the model and its "
+            "inputs (normalisation, dtype) before fitting DEUP."
+        )
+    if task == "regression":
+        if targets.shape != logits.shape and targets.reshape(len(targets), -1).shape != logits.shape:
+            raise ValueError(
+                f"Regression targets of shape {tuple(targets.shape)} do not match model outputs of "
+                f"shape {tuple(logits.shape)}. Give one target per output (shape (N,) for one output)."
+            )
+        return (logits.float() - targets.reshape(logits.shape).float()).pow(2).sum(1)
+    num_classes = max(logits.shape[1], 2)
+    if targets.dtype.is_floating_point and not torch.equal(targets, targets.round()):
+        raise ValueError("Classification targets must be integer class indices, but got fractional values.")
+    if targets.dim() != 1 or targets.min() < 0 or targets.max() >= num_classes:
+        raise ValueError(
+            f"Classification targets must be class indices in [0, {num_classes}) of shape (N,), but got "
+            f"shape {tuple(targets.shape)} with values in [{targets.min().item()}, {targets.max().item()}]. "
+            "One-hot targets? Pass targets.argmax(1)."
+        )
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float(), reduction="none")
+    return F.cross_entropy(logits.float(), targets.long(), reduction="none")
+
+
+class ErrorPredictor(nn.Module):
+    """``g``: an MLP plus a linear skip, softplus output (``g >= 0``)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, 1),
+        )
+        self.skip = nn.Linear(in_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(self.mlp(x) + self.skip(x)).squeeze(1)
+
+
+def _log_target(errors: Tensor) -> Tensor:
+    return torch.log(errors + _LOG_EPS)
+
+
+def stratified_folds(strata: Tensor, num_folds: int, generator: torch.Generator) -> list[Tensor]:
+    """Shuffle each stratum and deal its members round-robin into ``num_folds`` folds."""
+    assignment = torch.empty(len(strata), dtype=torch.long)
+    offset = 0
+    for value in torch.unique(strata):
+        members = torch.nonzero(strata == value).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        assignment[members] = (torch.arange(len(members)) + offset) % num_folds
+        offset += len(members)
+    return [torch.nonzero(assignment == k).flatten() for k in range(num_folds)]
+
+
+def train_error_predictor(
+    x: Tensor,
+    log_target: Tensor,
+    hidden_dim: int,
+    epochs: int,
+    generator: torch.Generator,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    x_val: Tensor | None = None,
+    log_target_val: Tensor | None = None,
+    patience: int = 5,
+    weight: Tensor | None = None,
+) -> tuple[ErrorPredictor, int]:
+    """Fit ``g`` by mini-batch Adam on the log-space squared error.
+
+    With validation rows, stops after ``patience`` epochs without improvement and returns the best
+    weights and their epoch count; without, trains exactly ``epochs`` epochs.
+    """
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    g = ErrorPredictor(x.shape[1], hidden_dim)
+    optimizer = torch.optim.AdamW(g.parameters(), lr=lr, weight_decay=weight_decay)
+    weight = torch.ones(len(x)) if weight is None else weight
+    best = (math.inf, 0, None)
+    for epoch in range(1, epochs + 1):
+        g.train()
+        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
+            loss = (weight[idx] * (_log_target(g(x[idx])) - log_target[idx]).pow(2)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if x_val is None:
+            continue
+        g.eval()
+        with torch.no_grad():
+            val_loss = (_log_target(g(x_val)) - log_target_val).pow(2).mean().item()
+        if val_loss < best[0]:
+            best = (val_loss, epoch, {k: v.clone() for k, v in g.state_dict().items()})
+        elif epoch - best[1] >= patience:
+            break
+    if x_val is None:
+        return g.eval(), epochs
+    g.load_state_dict(best[2])
+    return g.eval(), best[1]
+
+
+class DEUP(PostProcessing):
+    """Direct Epistemic Uncertainty Prediction as a post-hoc error predictor.
+
+    Args:
+        task: ``"classification"`` or ``"regression"``.
+        model: the trained base model (or ``None`` and :meth:`set_model` later).
+        num_folds: K of the K-fold cross-fitting (>= 2).
+        hidden_dim: width of ``g``'s hidden layers.
+        max_epochs: maximum epochs (full passes over the rows) for each predictor.
+        device: where the base model runs while collecting outputs; ``None`` follows the model.
+        features: feature extractors for ``g``; ``None`` picks a default at ``fit`` time
+            (see :meth:`default_features`).
+        target: ``"error"`` or ``"oof"`` (see the module docstring).
+        held_out_classes: number of class groups of the held-out-class protocol, used when
+            training outputs are given (``0`` disables it).
+        batch_size, lr, weight_decay, patience: optimisation of ``g``.
+        progress: show progress bars.
+        seed: seed of folds, initialisation and mini-batch order.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 5))
+        >>> data = TensorDataset(torch.randn(100, 8), torch.randint(0, 5, (100,)))
+        >>> deup = DEUP(model=model, max_epochs=5, progress=False).fit(DataLoader(data, batch_size=32))
+        >>> deup(torch.randn(3, 8)).shape
+        torch.Size([3])
+    """
+
+    uses_train_data = True
+
+    def __init__(
+        self,
+        task: str = "classification",
+        model: nn.Module | None = None,
+        num_folds: int = 5,
+        hidden_dim: int = 32,
+        max_epochs: int = 30,
+        device: torch.device | str | None = None,
+        features: Sequence[FeatureExtractor] | None = None,
+        target: str = "error",
+        held_out_classes: int = 5,
+        batch_size: int = 256,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 5,
+        progress: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model)
+        self.task = task
+        self.num_folds = num_folds
+        self.hidden_dim = hidden_dim
+        self.max_epochs = max_epochs
+        self.device = device
+        self.features = features
+        self.target = target
+        self.held_out_classes = held_out_classes
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.progress = progress
+        self.seed = seed
+        self.g_: ErrorPredictor | None = None
+
+    # ----------------------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Expected `task` in {TASKS}, but got {self.task!r}.")
+        if self.target not in TARGETS:
+            raise ValueError(f"Expected `target` in {TARGETS}, but got {self.target!r}.")
+        for name in ("num_folds", "hidden_dim", "max_epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            low = 2 if name == "num_folds" else 1
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {value!r}.")
+        if not isinstance(self.held_out_classes, int) or self.held_out_classes < 0:
+            raise ValueError(
+                f"Expected `held_out_classes` to be an integer >= 0, but got {self.held_out_classes!r}."
+            )
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.g_ is not None
+
+    def _check_fitted(self) -> None:
+        if self.g_ is None:
+            raise NotFittedError(
+                "This DEUP instance is not fitted yet. Call 'fit' with appropriate arguments before "
+                "using this estimator."
+            )
+
+    # ----------------------------------------------------------------------------- fitting
+    def default_features(self, has_train_data: bool) -> list[FeatureExtractor]:
+        """Output statistics plus, with training outputs, density and distance to the training
+        embeddings; without them, the embedding itself."""
+        if self.task == "regression":
+            return [RegressionOutputs(), Embedding()]
+        if not has_train_data:
+            return [OutputStatistics(include_logits=True), Embedding()]
+        from torch_deup.features.density import GaussianDensity
+        from torch_deup.features.distance import KNNDistance
+
+        return [OutputStatistics(), GaussianDensity(), KNNDistance()]
+
+    def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
+        model = self._require_model()
+        if self.device is not None:
+            model.to(self.device)
+        was_training = model.training
+        model.eval()
+        try:
+            return collect_outputs(model, loader, self.device, self.progress, desc)
+        finally:
+            model.train(was_training)
+
+    def fit(self, cal_loader: Iterable, train_loader: Iterable | None = None) -> DEUP:
+        """Run the base model once over ``cal_loader`` (and ``train_loader``), then fit ``g``.
+
+        Works inside ``torch.no_grad()`` / ``torch.inference_mode()``.
+        """
+        self._check_params()
+        cal_outputs, cal_targets = self._collect(cal_loader, "DEUP: calibration outputs")
+        train = self._collect(train_loader, "DEUP: training outputs") if train_loader is not None else None
+        return self.fit_outputs(cal_outputs, cal_targets, *(train or (None, None)))
+
+    def fit_outputs(
+        self,
+        cal_outputs: ModelOutputs,
+        cal_targets: Tensor,
+        train_outputs: ModelOutputs | None = None,
+        train_targets: Tensor | None = None,
+    ) -> DEUP:
+        """Fit ``g`` from already computed outputs (an evaluation loop that ran the model)."""
+        self._check_params()
+        # Lightning's test loop runs hooks under inference mode; g needs autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            cal_outputs = _plain(cal_outputs)
+            cal_targets = cal_targets.clone().cpu()
+            train = None if train_outputs is None else (_plain(train_outputs), train_targets.clone().cpu())
+            self._fit(cal_outputs, cal_targets, train)
+        return self
+
+    def _fit(
+        self, cal_outputs: ModelOutputs, cal_targets: Tensor, train: tuple[ModelOutputs, Tensor] | None
+    ) -> None:
+        if len(cal_targets) < self.num_folds:
+            raise ValueError(
+                f"DEUP needs at least `num_folds` = {self.num_folds} calibration samples, but got "
+                f"{len(cal_targets)}. Give more calibration data or lower `num_folds`."
+            )
+        errors = per_sample_errors(self.task, cal_outputs.logits, cal_targets)
+        features = (
+            list(self.features) if self.features is not None else self.default_features(train is not None)
+        )
+        for extractor in features:
+            if extractor.needs_fit:
+                if train is None:
+                    raise ValueError(
+                        f"The feature extractor {type(extractor).__name__} is fitted on the training "
+                        "split: pass `train_loader` to fit (or its outputs to fit_outputs)."
+                    )
+                extractor.fit(*train)
+        x = _feature_matrix(features, cal_outputs)
+        strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
+        if train is not None and self.task == "classification" and self.held_out_classes > 0:
+            from torch_deup.post_processing.held_out_classes import held_out_class_rows
+
+            extra_x, extra_errors = held_out_class_rows(
+                features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
+            )
+            # their own stratum, so every fold holds its share of held-out-class rows
+            strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
+            x, errors = torch.cat([x, extra_x]), torch.cat([errors, extra_errors])
+        self.features_ = features
+        self.feature_mean_ = x.mean(0)
+        self.feature_std_ = x.std(0).clamp_min(1e-6)
+        self.errors_ = errors
+        self.g_ = self._cross_fit((x - self.feature_mean_) / self.feature_std_, _log_target(errors), strata)
+
+    def _cross_fit(self, x: Tensor, log_target: Tensor, strata: Tensor) -> ErrorPredictor:
+        generator = torch.Generator().manual_seed(self.seed)
+        folds = stratified_folds(strata, self.num_folds, generator)
+        oof = torch.empty(len(x))
+        best_epochs = []
+        kwargs = {"batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay}
+        bar = tqdm(total=self.num_folds + 1, desc="DEUP: fitting g", disable=not self.progress, leave=False)
+        for k, held in enumerate(folds):
+            train_idx = torch.cat([f for j, f in enumerate(folds) if j != k])
+            # early stopping on one more fold's worth of the training folds, never on `held`
+            n_stop = max(1, len(train_idx) // self.num_folds)
+            perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
+            stop_idx, fit_idx = perm[:n_stop], perm[n_stop:]
+            g, epoch = train_error_predictor(
+                x[fit_idx], log_target[fit_idx], self.hidden_dim, self.max_epochs, generator,
+                x_val=x[stop_idx], log_target_val=log_target[stop_idx], patience=self.patience, **kwargs,
+            )  # fmt: skip
+            with torch.no_grad():
+                oof[held] = g(x[held])
+            best_epochs.append(epoch)
+            bar.update()
+        self.oof_predictions_ = oof
+        self.oof_spearman_ = spearman(oof, log_target)
+        self.final_epochs_ = max(1, round(float(torch.tensor(best_epochs, dtype=torch.float).median())))
+        final_target = log_target if self.target == "error" else _log_target(oof)
+        g, _ = train_error_predictor(
+            x, final_target, self.hidden_dim, self.final_epochs_, generator, **kwargs
+        )
+        bar.update()
+        bar.close()
+        return g
+
+    # ----------------------------------------------------------------------------- scoring
+    def score_outputs(self, outputs: ModelOutputs) -> Tensor:
+        """``g`` on already computed outputs: one non-negative score per sample."""
+        self._check_fitted()
+        x = _feature_matrix(self.features_, outputs.to("cpu"))
+        with torch.no_grad():
+            scores = self.g_((x - self.feature_mean_) / self.feature_std_)
+        return scores.to(outputs.logits.device)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self._check_fitted()
+        return super().__call__(x)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """The base model's class probabilities ``(N, C)`` (``[1 - p, p]`` for a single logit)."""
+        if self.task != "classification":
+            raise ValueError("predict_proba is defined for task='classification' only.")
+        return class_probabilities(self.model_outputs(x).logits)
+
+    # ----------------------------------------------------------------------------- persistence
+    _PARAMS = (
+        "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes",
+        "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
+    )  # fmt: skip
+
+    def save(self, path: str | Path) -> None:
+        """Save ``g``, the feature extractors' fitted state and the config (not the base model)."""
+        self._check_fitted()
+        state = {
+            "params": {name: getattr(self, name) for name in self._PARAMS},
+            "features": [
+                {"class": f"{type(f).__module__}:{type(f).__qualname__}", "state": dict(vars(f))}
+                for f in self.features_
+            ],
+            "in_dim": self.feature_mean_.numel(),
+            "g": self.g_.state_dict(),
+            "feature_mean": self.feature_mean_,
+            "feature_std": self.feature_std_,
+            "final_epochs": self.final_epochs_,
+            "oof_spearman": self.oof_spearman_,
+        }
+        torch.save(state, path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None, device: Any = None) -> DEUP:
+        """Rebuild a fitted DEUP saved by :meth:`save`; scores are identical to the last bit."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        deup = cls(model=model, device=device, **state["params"])
+        deup.features_ = [_rebuild(entry) for entry in state["features"]]
+        deup.g_ = ErrorPredictor(state["in_dim"], deup.hidden_dim)
+        deup.g_.load_state_dict(state["g"])
+        deup.g_.eval()
+        deup.feature_mean_, deup.feature_std_ = state["feature_mean"], state["feature_std"]
+        deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
+        return deup
+
+
+def _plain(outputs: ModelOutputs) -> ModelOutputs:
+    """A CPU copy usable by autograd (inference-mode tensors are not)."""
+    emb = None if outputs.embedding is None else outputs.embedding.detach().float().cpu().clone()
+    return ModelOutputs(outputs.logits.detach().float().cpu().clone(), emb)
+
+
+def _feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:
+    return torch.cat([f(outputs).float().reshape(len(outputs.logits), -1) for f in features], dim=1)
+
+
+def _rebuild(entry: dict[str, Any]) -> FeatureExtractor:
+    module, _, name = entry["class"].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    obj = cls.__new__(cls)
+    obj.__dict__.update(entry["state"])
+    return obj
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    return float(spearmanr(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic)

@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.neighbors import NearestNeighbors
+
+from torch_deup.features.base import NotFittedError
+from torch_deup.features.distance import KNNDistance, MahalanobisDistance
+from torch_deup.outputs import ModelOutputs
+
+
+def outputs_of(embedding: torch.Tensor) -> ModelOutputs:
+    return ModelOutputs(torch.zeros(len(embedding), 3), embedding)
+
+
+@pytest.fixture
+def train() -> tuple[ModelOutputs, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.arange(60) % 3
+    embedding = torch.randn(60, 5, generator=gen) + 2.0 * targets[:, None]
+    return outputs_of(embedding), targets
+
+
+@pytest.fixture
+def queries() -> torch.Tensor:
+    return torch.randn(23, 5, generator=torch.Generator().manual_seed(1)) * 3
+
+
+# (query_chunk_size, bank_chunk_size): defaults, then chunks smaller than the data and than k
+CHUNKS = [(1024, 16384), (7, 11), (1, 2)]
+
+
+@pytest.mark.parametrize(("query_chunk_size", "bank_chunk_size"), CHUNKS)
+@pytest.mark.parametrize(("normalize", "metric"), [(True, "cosine"), (False, "euclidean")])
+def test_knn_matches_sklearn(train, queries, query_chunk_size, bank_chunk_size, normalize, metric):
+    outputs, targets = train
+    knn = KNNDistance(4, normalize, query_chunk_size, bank_chunk_size).fit(outputs, targets)
+    features = knn(outputs_of(queries))
+    assert features.shape == (23, 1)
+    assert features.dtype == torch.float32
+    reference = NearestNeighbors(n_neighbors=4, metric=metric).fit(outputs.embedding.numpy())
+    expected = reference.kneighbors(queries.numpy())[0][:, -1]
+    np.testing.assert_allclose(features[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_knn_far_embedding_scores_higher(train):
+    outputs, targets = train
+    knn = KNNDistance(k=5, normalize=False).fit(outputs, targets)
+    near, far = knn(outputs_of(torch.tensor([[2.0] * 5, [40.0] * 5])))[:, 0]
+    assert far > near
+
+
+def test_knn_state_dict_round_trip_is_bit_exact(train, queries, tmp_path):
+    outputs, targets = train
+    knn = KNNDistance(k=3).fit(outputs, targets)
+    torch.save(knn.state_dict(), tmp_path / "knn.pt")
+    restored = KNNDistance(k=3)
+    restored.load_state_dict(torch.load(tmp_path / "knn.pt"))
+    assert torch.equal(restored(outputs_of(queries)), knn(outputs_of(queries)))
+
+
+def test_knn_k_larger_than_bank_is_rejected(train):
+    outputs, targets = train
+    with pytest.raises(ValueError, match=r"at most the number of training embeddings \(60\), but got k=61"):
+        KNNDistance(k=61).fit(outputs, targets)
+
+
+@pytest.mark.parametrize("name", ["k", "query_chunk_size", "bank_chunk_size"])
+def test_knn_non_positive_sizes_are_rejected(train, name):
+    outputs, targets = train
+    with pytest.raises(ValueError, match=f"`{name}` to be an integer of at least 1, but got 0"):
+        KNNDistance(**{name: 0}).fit(outputs, targets)
+
+
+def test_knn_missing_embedding_says_how_to_get_one():
+    with pytest.raises(ValueError, match=r"KNNDistance reads the penultimate embedding.*linear head"):
+        KNNDistance(k=1).fit(ModelOutputs(torch.zeros(5, 2)), torch.zeros(5, dtype=torch.long))
+
+
+def test_knn_unfitted_use_raises():
+    with pytest.raises(NotFittedError, match="KNNDistance instance is not fitted yet"):
+        KNNDistance()(outputs_of(torch.zeros(2, 5)))
+
+
+def numpy_mahalanobis(z_train, y_train, z) -> np.ndarray:
+    """min_c (z - mu_c)^T S^{-1} (z - mu_c), with S the pooled covariance from sklearn."""
+    z_train, y_train, z = z_train.double().numpy(), y_train.numpy(), z.double().numpy()
+    means = np.stack([z_train[y_train == c].mean(0) for c in np.unique(y_train)])
+    residuals = z_train - means[np.searchsorted(np.unique(y_train), y_train)]
+    precision = np.linalg.inv(EmpiricalCovariance(assume_centered=True).fit(residuals).covariance_)
+    diffs = z[:, None, :] - means[None]
+    return np.einsum("ncd,de,nce->nc", diffs, precision, diffs).min(1)
+
+
+def test_mahalanobis_matches_numpy(train, queries):
+    outputs, targets = train
+    maha = MahalanobisDistance().fit(outputs, targets)
+    features = maha(outputs_of(queries))
+    assert features.shape == (23, 1)
+    assert features.dtype == torch.float32
+    assert maha.jitter_ == 0
+    expected = numpy_mahalanobis(outputs.embedding, targets, queries)
+    np.testing.assert_allclose(features[:, 0].numpy(), expected, rtol=1e-5)
+
+
+def test_mahalanobis_with_non_contiguous_labels_matches_numpy(train, queries):
+    outputs, targets = train
+    labels = torch.tensor([3, 8, 9])[targets]
+    features = MahalanobisDistance().fit(outputs, labels)(outputs_of(queries))
+    expected = numpy_mahalanobis(outputs.embedding, labels, queries)
+    np.testing.assert_allclose(features[:, 0].numpy(), expected, rtol=1e-5)
+
+
+def test_mahalanobis_dead_dimension_gets_jitter(train):
+    outputs, targets = train
+    outputs.embedding[:, 2] = 0.0  # a ReLU unit that never fires: zero variance
+    maha = MahalanobisDistance().fit(outputs, targets)
+    assert maha.jitter_ > 0
+    assert torch.isfinite(maha(outputs_of(torch.randn(4, 5)))).all()
+
+
+def test_mahalanobis_far_embedding_scores_higher(train):
+    outputs, targets = train
+    maha = MahalanobisDistance().fit(outputs, targets)
+    near, far = maha(outputs_of(torch.tensor([[2.0] * 5, [40.0] * 5])))[:, 0]
+    assert far > near
+
+
+def test_mahalanobis_state_dict_round_trip_is_bit_exact(train, queries, tmp_path):
+    outputs, targets = train
+    maha = MahalanobisDistance().fit(outputs, targets)
+    torch.save(maha.state_dict(), tmp_path / "maha.pt")
+    restored = MahalanobisDistance()
+    restored.load_state_dict(torch.load(tmp_path / "maha.pt"))
+    assert torch.equal(restored(outputs_of(queries)), maha(outputs_of(queries)))
+
+
+def test_mahalanobis_errors(train):
+    outputs, targets = train
+    with pytest.raises(ValueError, match="MahalanobisDistance reads the penultimate embedding"):
+        MahalanobisDistance().fit(ModelOutputs(outputs.logits), targets)
+    with pytest.raises(ValueError, match="integer class indices"):
+        MahalanobisDistance().fit(outputs, targets.float())
+    with pytest.raises(NotFittedError, match="MahalanobisDistance instance is not fitted yet"):
+        MahalanobisDistance()(outputs)
+    maha = MahalanobisDistance().fit(outputs, targets)
+    with pytest.raises(ValueError, match="fitted on 5-dimensional embeddings, but got 2"):
+        maha(outputs_of(torch.zeros(1, 2)))

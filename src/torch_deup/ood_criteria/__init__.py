@@ -1,0 +1,34 @@
+"""Out-of-distribution scores read from model outputs; higher = more likely OOD."""
+
+from torch_deup.ood_criteria.base import OODCriterion
+from torch_deup.ood_criteria.deup import DEUPCriterion
+from torch_deup.ood_criteria.embedding_based import (
+    FeatureCriterion,
+    GDACriterion,
+    KNNCriterion,
+    MahalanobisCriterion,
+)
+from torch_deup.ood_criteria.output_based import (
+    EnergyCriterion,
+    EntropyCriterion,
+    MaxLogitCriterion,
+    MaxSoftmaxCriterion,
+    class_logits,
+)
+from torch_deup.ood_criteria.registry import CRITERIA, get_criterion
+
+__all__ = [
+    "CRITERIA",
+    "DEUPCriterion",
+    "EnergyCriterion",
+    "EntropyCriterion",
+    "FeatureCriterion",
+    "GDACriterion",
+    "KNNCriterion",
+    "MahalanobisCriterion",
+    "MaxLogitCriterion",
+    "MaxSoftmaxCriterion",
+    "OODCriterion",
+    "class_logits",
+    "get_criterion",
+]

@@ -1,0 +1,41 @@
+"""The contract of an out-of-distribution score computed from a model's outputs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import Tensor
+
+from torch_deup.outputs import ModelOutputs
+
+
+class OODCriterion(ABC):
+    """One score per sample from :class:`~torch_deup.outputs.ModelOutputs`; higher = more likely OOD.
+
+    A criterion never runs the model: an evaluation loop collects the outputs once and hands
+    them to every criterion. What a criterion needs is declared on the class, so the loop
+    dispatches on the declaration rather than on the concrete type:
+
+    - ``needs_fit``: call ``fit`` on the training split's outputs and targets before scoring;
+    - ``needs_post_processing``: set the ``post_processing`` attribute (a fitted estimator whose
+      ``score_outputs`` gives the score) before scoring.
+    """
+
+    #: short display name, e.g. in metric tables
+    name: ClassVar[str]
+    needs_fit: ClassVar[bool] = False
+    needs_post_processing: ClassVar[bool] = False
+
+    def fit(self, outputs: ModelOutputs, targets: Tensor) -> OODCriterion:
+        """Learn from the training split's outputs; nothing to learn unless ``needs_fit``."""
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the criterion can score: always, for criteria that need no fit."""
+        return True
+
+    @abstractmethod
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        """OOD scores, shape ``(N,)``."""

@@ -1,0 +1,98 @@
+"""OOD criteria fitted on the training embeddings: Mahalanobis, k-NN distance and GDA density.
+
+Each wraps one feature extractor of :mod:`torch_deup.features`, so the math lives in one place.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import ClassVar
+
+from torch import Tensor
+
+from torch_deup.features.base import FeatureExtractor, check_is_fitted
+from torch_deup.features.density import GaussianDensity
+from torch_deup.features.distance import KNNDistance, MahalanobisDistance
+from torch_deup.ood_criteria.base import OODCriterion
+from torch_deup.outputs import ModelOutputs
+
+
+class FeatureCriterion(OODCriterion):
+    """A criterion that is ``sign`` times the single column of a fitted feature extractor."""
+
+    needs_fit = True
+    #: +1 if the feature grows away from the training data, -1 if it shrinks
+    sign: ClassVar[float] = 1.0
+
+    @abstractmethod
+    def make_extractor(self) -> FeatureExtractor:
+        """A fresh, unfitted extractor built from the criterion's arguments."""
+
+    def fit(self, outputs: ModelOutputs, targets: Tensor) -> FeatureCriterion:
+        """Fit the extractor on the training split's outputs (which must carry the embedding)."""
+        self.extractor_ = self.make_extractor().fit(outputs, targets)
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return getattr(self, "extractor_", None) is not None
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        check_is_fitted(self, "extractor_")
+        return self.sign * self.extractor_(outputs)[:, 0]
+
+
+class MahalanobisCriterion(FeatureCriterion):
+    """Squared Mahalanobis distance to the closest class mean, tied covariance (Lee et al. 2018).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.zeros(100, 2), torch.randn(100, 4))
+        >>> crit = MahalanobisCriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "Mahalanobis"
+
+    def make_extractor(self) -> FeatureExtractor:
+        return MahalanobisDistance()
+
+
+class KNNCriterion(FeatureCriterion):
+    """Distance to the ``k``-th nearest training embedding, cosine if ``normalize`` (Sun et al. 2022).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.zeros(100, 2), torch.randn(100, 4))
+        >>> crit = KNNCriterion(k=5).fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "KNN"
+
+    def __init__(self, k: int = 50, normalize: bool = True) -> None:
+        self.k = k
+        self.normalize = normalize
+
+    def make_extractor(self) -> FeatureExtractor:
+        return KNNDistance(k=self.k, normalize=self.normalize)
+
+
+class GDACriterion(FeatureCriterion):
+    """Negative log density of the class-conditional Gaussian mixture on the embedding (DDU).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.zeros(100, 2), torch.randn(100, 4))
+        >>> crit = GDACriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "GDA"
+    sign = -1.0
+
+    def make_extractor(self) -> FeatureExtractor:
+        return GaussianDensity()

@@ -1,0 +1,88 @@
+"""OOD criteria read from the logits alone: MSP, max logit, energy and predictive entropy.
+
+A single logit ``(N, 1)`` is read as a binary classifier ``p(y=1) = sigmoid(l)``: it becomes the
+two class logits ``[0, l]``, whose softmax is exactly ``[1 - sigmoid(l), sigmoid(l)]``. So MSP
+and entropy are those of the Bernoulli, energy is ``-log(1 + e^l)``, max logit is ``-max(0, l)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torch_deup.ood_criteria.base import OODCriterion
+from torch_deup.outputs import ModelOutputs
+
+
+def class_logits(logits: Tensor) -> Tensor:
+    """``(N, C)`` logits with ``C >= 2``: a single logit ``l`` becomes ``[0, l]`` (binary model)."""
+    if logits.ndim != 2:
+        raise ValueError(
+            f"Expected logits of shape (N, C), but got shape {tuple(logits.shape)}. "
+            "Reshape a 1-D binary logit to (N, 1)."
+        )
+    logits = logits.float()
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+
+
+class MaxSoftmaxCriterion(OODCriterion):
+    """Negative maximum softmax probability (Hendrycks & Gimpel 2017).
+
+    Example:
+        >>> MaxSoftmaxCriterion()(ModelOutputs(torch.tensor([[0.0, 0.0], [9.0, 0.0]])))
+        tensor([-0.5000, -0.9999])
+    """
+
+    name = "MSP"
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        return -class_logits(outputs.logits).softmax(dim=1).max(dim=1).values
+
+
+class MaxLogitCriterion(OODCriterion):
+    """Negative maximum logit (Hendrycks et al. 2022).
+
+    Example:
+        >>> MaxLogitCriterion()(ModelOutputs(torch.tensor([[1.0, 3.0]])))
+        tensor([-3.])
+    """
+
+    name = "MaxLogit"
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        return -class_logits(outputs.logits).max(dim=1).values
+
+
+class EnergyCriterion(OODCriterion):
+    """Free energy ``-T logsumexp(logits / T)`` (Liu et al. 2020).
+
+    Example:
+        >>> EnergyCriterion()(ModelOutputs(torch.tensor([[0.0, 0.0]])))
+        tensor([-0.6931])
+    """
+
+    name = "Energy"
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        if not self.temperature > 0:
+            raise ValueError(f"Expected argument `temperature` to be positive, but got {self.temperature!r}.")
+        return -self.temperature * torch.logsumexp(class_logits(outputs.logits) / self.temperature, dim=1)
+
+
+class EntropyCriterion(OODCriterion):
+    """Entropy of the predictive distribution, in nats.
+
+    Example:
+        >>> EntropyCriterion()(ModelOutputs(torch.tensor([[0.0, 0.0]])))
+        tensor([0.6931])
+    """
+
+    name = "Entropy"
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        probs = class_logits(outputs.logits).softmax(dim=1)
+        # xlogy makes 0 log 0 = 0, so saturated probabilities give no NaN
+        return -torch.special.xlogy(probs, probs).sum(dim=1)

@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+
+from torch_deup.ood_criteria import (
+    EnergyCriterion,
+    EntropyCriterion,
+    MaxLogitCriterion,
+    MaxSoftmaxCriterion,
+    class_logits,
+)
+from torch_deup.outputs import ModelOutputs
+
+LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0], [10.0, -10.0, 3.0], [-200.0, 0.0, 50.0]])
+
+
+def written_out(logits: list[float]) -> dict[str, float]:
+    """The four scores of one sample, from the textbook formulas in plain Python floats."""
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    probs = [e / total for e in exps]
+    return {
+        "msp": -max(probs),
+        "logit": -top,
+        "energy": -(top + math.log(total)),
+        "entropy": -sum(p * math.log(p) for p in probs if p > 0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("criterion", "key"),
+    [
+        (MaxSoftmaxCriterion(), "msp"),
+        (MaxLogitCriterion(), "logit"),
+        (EnergyCriterion(), "energy"),
+        (EntropyCriterion(), "entropy"),
+    ],
+)
+def test_scores_match_formula(criterion, key):
+    scores = criterion(ModelOutputs(LOGITS))
+    assert scores.shape == (4,)
+    expected = torch.tensor([written_out(row)[key] for row in LOGITS.tolist()])
+    torch.testing.assert_close(scores, expected)
+
+
+def test_energy_temperature_matches_formula():
+    scores = EnergyCriterion(temperature=2.0)(ModelOutputs(LOGITS))
+    rows = LOGITS[:3].tolist()
+    expected = torch.tensor([-2.0 * math.log(sum(math.exp(v / 2.0) for v in row)) for row in rows])
+    torch.testing.assert_close(scores[:3], expected)
+
+
+def test_energy_rejects_non_positive_temperature():
+    with pytest.raises(ValueError, match="`temperature` to be positive, but got 0"):
+        EnergyCriterion(temperature=0)(ModelOutputs(LOGITS))
+
+
+@pytest.mark.parametrize("criterion", [MaxSoftmaxCriterion(), EnergyCriterion(), EntropyCriterion()])
+def test_uniform_logits_score_higher_than_peaked(criterion):
+    uniform, peaked = criterion(ModelOutputs(torch.tensor([[1.0, 1.0, 1.0], [8.0, 0.0, 0.0]])))
+    assert uniform > peaked
+
+
+def test_single_logit_is_a_bernoulli():
+    logit = torch.tensor([[-3.0], [0.0], [1.5]])
+    p = torch.sigmoid(logit[:, 0])
+    outputs = ModelOutputs(logit)
+    torch.testing.assert_close(MaxSoftmaxCriterion()(outputs), -torch.maximum(p, 1 - p))
+    bernoulli_entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    torch.testing.assert_close(EntropyCriterion()(outputs), bernoulli_entropy)
+    torch.testing.assert_close(EnergyCriterion()(outputs), -torch.nn.functional.softplus(logit[:, 0]))
+    torch.testing.assert_close(MaxLogitCriterion()(outputs), -logit[:, 0].clamp_min(0))
+
+
+def test_class_logits_rejects_one_dimensional_logits():
+    with pytest.raises(ValueError, match=r"shape \(N, C\), but got shape \(3,\)"):
+        class_logits(torch.zeros(3))
+
+
+def test_output_criteria_need_no_fit():
+    criterion = MaxSoftmaxCriterion()
+    assert not criterion.needs_fit
+    assert criterion.fitted
+    assert criterion.fit(ModelOutputs(LOGITS), torch.zeros(4)) is criterion

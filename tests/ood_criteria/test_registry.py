@@ -1,0 +1,49 @@
+import pytest
+
+from torch_deup.ood_criteria import (
+    DEUPCriterion,
+    EnergyCriterion,
+    EntropyCriterion,
+    GDACriterion,
+    KNNCriterion,
+    MahalanobisCriterion,
+    MaxLogitCriterion,
+    MaxSoftmaxCriterion,
+    get_criterion,
+)
+
+NAMES = {
+    "msp": (MaxSoftmaxCriterion, "MSP"),
+    "logit": (MaxLogitCriterion, "MaxLogit"),
+    "energy": (EnergyCriterion, "Energy"),
+    "entropy": (EntropyCriterion, "Entropy"),
+    "deup": (DEUPCriterion, "DEUP"),
+    "mahalanobis": (MahalanobisCriterion, "Mahalanobis"),
+    "knn": (KNNCriterion, "KNN"),
+    "gda": (GDACriterion, "GDA"),
+}
+
+
+@pytest.mark.parametrize("spec", [*NAMES, *(name.upper() for name in NAMES)])
+def test_names_give_fresh_instances(spec):
+    cls, display = NAMES[spec.lower()]
+    first, second = get_criterion(spec), get_criterion(spec)
+    assert type(first) is cls
+    assert first.name == display
+    assert first is not second
+
+
+def test_instance_passes_through():
+    criterion = KNNCriterion(k=3)
+    assert get_criterion(criterion) is criterion
+
+
+def test_unknown_name_lists_valid_ones():
+    expected = r"Unknown OOD criterion 'odin'\. Expected one of 'msp', 'logit', .*'gda'"
+    with pytest.raises(ValueError, match=expected):
+        get_criterion("odin")
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(TypeError, match="criterion name or an OODCriterion, but got a int"):
+        get_criterion(3)

@@ -65,13 +65,50 @@ def load_image_folder(
 
     Example:
         >>> data = load_image_folder("../shared/data/cifar10/test")  # doctest: +SKIP
-        >>> data.images.shape
+        >>> data.images.shape  # doctest: +SKIP
         torch.Size([10000, 3, 32, 32])
     """
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
     files, targets, classes = list_image_folder(root)
+    return _decode_cached(root, files, targets, classes, cache_dir, progress)
+
+
+def load_flat_image_folder(
+    root: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+) -> ImageTensors:
+    """Decode every image directly inside ``root`` (no class sub-folders), cached on disk.
+
+    Meant for unlabelled sets such as OOD images: every target is ``-1`` and ``classes`` is empty.
+    Caching and size rules are those of :func:`load_image_folder`.
+
+    Example:
+        >>> data = load_flat_image_folder("my_ood_images")  # doctest: +SKIP
+        >>> data.targets.unique()  # doctest: +SKIP
+        tensor([-1])
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(
+            f"No images ({', '.join(IMAGE_SUFFIXES)}) found directly inside {root}. "
+            "Expected a flat folder of image files."
+        )
+    return _decode_cached(root, files, [-1] * len(files), [], cache_dir, progress)
+
+
+def _decode_cached(
+    root: Path,
+    files: list[Path],
+    targets: list[int],
+    classes: list[str],
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> ImageTensors:
+    """Decode ``files`` into one uint8 tensor, or read it back from the cache keyed on the listing."""
     key = hashlib.sha1(str(root).encode())
     for path in files:
         key.update(f"{path.relative_to(root)}:{path.stat().st_size};".encode())
@@ -172,3 +209,25 @@ def batch_loader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
+
+
+def channel_stats(images: Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 ``(N, C, H, W)`` images, in [0, 1] units.
+
+    Runs over chunks so that 50,000 CIFAR images never exist as one float tensor.
+
+    Example:
+        >>> images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
+        >>> channel_stats(images)
+        ((0.5,), (0.5,))
+    """
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255
+        total += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

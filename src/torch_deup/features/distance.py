@@ -30,10 +30,11 @@ class KNNDistance(FeatureExtractor):
     ``fit`` keeps the (normalised) training embeddings as a float32 bank, ``bank_``, which is
     also what ``state_dict`` saves: ``N_train * D * 4`` bytes (9 MiB for 45,000 x 64). Queries
     are scored ``query_chunk_size`` at a time against ``bank_chunk_size`` bank rows at a time,
-    keeping a running top-k, so beyond the bank and the queries the extra memory is about
-    ``query_chunk_size * bank_chunk_size * 4`` bytes (64 MiB with the defaults) whatever the
-    sizes of bank and query. Similarities are float32 products, so distances carry an absolute
-    error around 1e-6 (cosine) or relative 1e-6 of the squared norms (Euclidean).
+    keeping a running top-k, so beyond the bank and a (normalised) float32 copy of the queries
+    the extra memory is about ``query_chunk_size * bank_chunk_size * 4`` bytes (64 MiB with the
+    defaults) whatever the sizes of bank and query. Similarities are float32 products, so
+    distances carry an absolute error around 1e-6 (cosine) or relative 1e-6 of the squared norms
+    (Euclidean).
 
     Example:
         >>> import torch
@@ -93,6 +94,7 @@ class KNNDistance(FeatureExtractor):
                 # -|q - b|^2 = 2 q.b - |b|^2 - |q|^2, in place to keep a single (q, b) buffer
                 scores.mul_(2).sub_(block.square().sum(1)).sub_(queries.square().sum(1, keepdim=True))
             top = scores.topk(min(self.k, scores.shape[1]), dim=1, sorted=False).values
+            del scores  # free this block before the next one is allocated: one block alive at a time
             best = top if best is None else torch.cat([best, top], dim=1)
             best = best.topk(min(self.k, best.shape[1]), dim=1, sorted=False).values
         return best.min(dim=1).values

@@ -39,6 +39,9 @@ class TensorDataModule(LightningDataModule):
     ``mean``/``std`` default to the subclass's ``default_mean``/``default_std``; where it has none,
     they are computed per channel over the training split (validation images excluded). The
     values used are in ``mean_`` and ``std_`` after setup.
+
+    Image folders are decoded once and cached under ``cache_dir`` (default ``$TORCH_DEUP_CACHE`` or
+    ``~/.cache/torch_deup``). A batch costs a few tensor ops, so ``num_workers=0`` is usually fastest.
     """
 
     default_mean: ClassVar[tuple[float, ...] | None] = None

@@ -95,6 +95,21 @@ def test_selective_ood_and_scod_groups() -> None:
     assert values["SCOD_Risk_80Cov"].item() == pytest.approx(risk_at_coverage(scores, costs).item())
 
 
+def test_groups_stay_right_when_the_first_batch_is_degenerate() -> None:
+    # a correct one-hot batch gives Brier = Entropy = NLL = 0: equal states must not be merged
+    metrics = classification_metrics(2)
+    metrics.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    probs, targets = torch.tensor([[0.3, 0.7], [0.6, 0.4]]), torch.tensor([0, 0])
+    metrics.update(probs, targets)
+    all_probs, all_targets = (
+        torch.cat([torch.tensor([[1.0, 0.0]]), probs]),
+        torch.cat([torch.tensor([0]), targets]),
+    )
+    values = metrics.compute()
+    assert values["Entropy"].item() == pytest.approx(predictive_entropy(all_probs).item())
+    assert values["NLL"].item() == pytest.approx(categorical_nll(all_probs, all_targets).item())
+
+
 @pytest.mark.parametrize("metric_class", [BrierScore, AdaptiveCalibrationError, SmoothCalibrationError])
 def test_pickle_and_clone_keep_the_state(metric_class) -> None:
     probs, targets, _ = case(1)

@@ -92,7 +92,12 @@ def categorical_nll(probs: Tensor, targets: Tensor) -> Tensor:
 
 
 class _SampleMean(Metric):
-    """Running mean of a per-sample quantity of ``(probs, targets)``, with "sum" states."""
+    """Running mean of a per-sample quantity of ``(probs, targets)``, with "sum" states.
+
+    The states are named after the metric ("Brier_total", ...): a ``MetricCollection`` merges
+    metrics whose states have the same names and values after the first batch, and the totals of
+    Brier, Entropy and NLL coincide (all 0) on a batch of correct one-hot predictions.
+    """
 
     is_differentiable = True
     higher_is_better: bool | None = False
@@ -100,22 +105,20 @@ class _SampleMean(Metric):
     _per_sample: PerSample
     _name: str
 
-    total: Tensor
-    count: Tensor
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+        self._total, self._count = f"{self._name}_total", f"{self._name}_count"
+        self.add_state(self._total, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(self._count, default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, targets: Tensor) -> None:
         """Add a batch: ``probs`` (N, C) softmax outputs, ``targets`` (N,) class indices."""
         total, count = _sample_mean_update(type(self)._per_sample, probs, targets)
-        self.total += total
-        self.count += count
+        setattr(self, self._total, getattr(self, self._total) + total)
+        setattr(self, self._count, getattr(self, self._count) + count)
 
     def compute(self) -> Tensor:
-        return _sample_mean_compute(self.total, self.count, self._name)
+        return _sample_mean_compute(getattr(self, self._total), getattr(self, self._count), self._name)
 
 
 class BrierScore(_SampleMean):

@@ -1,0 +1,253 @@
+"""A Lightning routine for classifiers: trains them, and at test time reports classification,
+calibration, selective classification, OOD detection and complexity, as TorchUncertainty does.
+
+Everything the test reads comes from one forward pass per batch: the logits and the penultimate
+embedding are captured together, and every OOD criterion scores those same outputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from lightning import LightningDataModule, LightningModule
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.utils.flop_counter import FlopCounterMode
+from torchmetrics import MeanMetric
+
+from torch_deup.features.outputs import class_probabilities
+from torch_deup.metrics import params
+from torch_deup.ood_criteria import OODCriterion, get_criterion
+from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs, split_batch
+from torch_deup.post_processing import PostProcessing
+from torch_deup.routines.evaluation import EvaluationMetrics
+from torch_deup.routines.metric_keys import COMPLEXITY, metric_key
+
+CriterionSpec = str | OODCriterion
+#: an optimizer, or a function of the model returning an optimizer or Lightning's optimizer dict
+OptimRecipe = Optimizer | Callable[[nn.Module], Any]
+
+
+class ClassificationRoutine(LightningModule):
+    """Train a classifier, then evaluate it and its OOD criteria with ``trainer.test``.
+
+    At the start of ``trainer.test`` the routine fits what still needs fitting: criteria that
+    declare ``needs_fit`` on the training split (``datamodule.train_eval_dataloader()``), and the
+    post-processing, when a criterion uses it, on ``datamodule.postprocess_dataloader()``. The
+    training split is run through the model at most once for all of them; fitted components are
+    kept for later ``test`` calls unless ``refit=True``.
+
+    Args:
+        model: the classifier, returning logits ``(N, C)`` (``(N, 1)`` for a binary model).
+        num_classes: number of classes ``C`` (1 for a single-logit binary model).
+        loss: training loss, e.g. ``nn.CrossEntropyLoss()``; ``None`` for evaluation only.
+        eval_ood: evaluate OOD detection on the test loaders after the first one.
+        post_processing: a :class:`~torch_deup.post_processing.PostProcessing` (e.g. ``DEUP``) used
+            by criteria that declare ``needs_post_processing`` (e.g. ``"deup"``).
+        ood_criterion: a criterion name, an :class:`~torch_deup.ood_criteria.OODCriterion`, or a
+            list of them (one table column each). Can be reassigned between ``test`` calls.
+        optim_recipe: an optimizer, or ``model -> optimizer`` (or Lightning's optimizer dict).
+        ood_cost: cost of accepting an OOD sample in the SCOD metrics.
+        refit: refit the post-processing and fitted criteria at every ``test`` call.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> routine = ClassificationRoutine(model, num_classes=3, ood_criterion=["msp", "energy"])
+        >>> [criterion.name for criterion in routine.ood_criterion]
+        ['MSP', 'Energy']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        loss: nn.Module | None = None,
+        eval_ood: bool = False,
+        post_processing: PostProcessing | None = None,
+        ood_criterion: CriterionSpec | Sequence[CriterionSpec] = "msp",
+        optim_recipe: OptimRecipe | None = None,
+        ood_cost: float = 0.5,
+        refit: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                f"Expected `num_classes` to be an integer >= 1, but got {num_classes!r}. Pass the "
+                "number of classes the model predicts (1 for a single-logit binary model)."
+            )
+        self.model = model
+        self.num_classes = num_classes
+        self.loss = loss
+        self.eval_ood = eval_ood
+        self.post_processing = post_processing
+        if post_processing is not None and post_processing.model is None:
+            post_processing.set_model(model)
+        self.ood_criterion = ood_criterion
+        self.optim_recipe = optim_recipe
+        self.ood_cost = ood_cost
+        self.refit = refit
+        self._capture = OutputCapture(model)
+        self.val_acc = MeanMetric()
+        self.test_metrics: EvaluationMetrics | None = None
+        self.flops_: int | None = None
+
+    @property
+    def ood_criterion(self) -> OODCriterion | list[OODCriterion]:
+        """The criterion, or the list of criteria, scored at test time."""
+        return list(self._criteria) if self._several_criteria else self._criteria[0]
+
+    @ood_criterion.setter
+    def ood_criterion(self, spec: CriterionSpec | Sequence[CriterionSpec]) -> None:
+        several = isinstance(spec, list | tuple)
+        criteria = [get_criterion(s) for s in (spec if several else [spec])]
+        names = [criterion.name for criterion in criteria]
+        if not criteria or len(set(names)) < len(names):
+            raise ValueError(
+                f"Expected `ood_criterion` to be a criterion or a non-empty list of criteria with "
+                f"distinct names, but got names {names}. Each name labels a column of the tables."
+            )
+        for criterion in criteria:
+            if criterion.needs_post_processing:
+                if self.post_processing is None:
+                    raise ValueError(
+                        f"The OOD criterion {criterion.name!r} scores with a post-processing method, "
+                        "but `post_processing` is None. Pass post_processing=DEUP(...) to the routine, "
+                        "or choose an output-based criterion such as 'msp'."
+                    )
+                criterion.post_processing = self.post_processing
+        self._criteria, self._several_criteria = criteria, several
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self) -> Any:
+        if self.loss is None or self.optim_recipe is None:
+            raise ValueError(
+                f"Training needs both `loss` and `optim_recipe`, but got loss={self.loss!r} and "
+                f"optim_recipe={self.optim_recipe!r}. Pass e.g. loss=nn.CrossEntropyLoss(), "
+                "optim_recipe=lambda model: torch.optim.SGD(model.parameters(), lr=0.1)."
+            )
+        if isinstance(self.optim_recipe, Optimizer):
+            return self.optim_recipe
+        return self.optim_recipe(self.model)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, targets = split_batch(batch)
+        loss = self.loss(self.model(x), targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, targets = split_batch(batch)
+        logits = self.model(x)
+        if self.loss is not None:
+            self.log("val/loss", self.loss(logits, targets))
+        self.val_acc.update(class_probabilities(logits).argmax(dim=1) == targets)
+        self.log("val/Acc", self.val_acc, prog_bar=True)
+
+    def on_test_start(self) -> None:
+        ood_sets = self._ood_sets()
+        # fitting may train (DEUP's error predictor), which Lightning's inference mode forbids
+        with torch.inference_mode(False):
+            self._fit_components()
+        names = [criterion.name for criterion in self._criteria]
+        metrics = EvaluationMetrics(max(self.num_classes, 2), names, ood_sets, self.ood_cost)
+        self.test_metrics = metrics.to(self.device)
+        self.flops_ = None
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx > 0 and not self.eval_ood:
+            return
+        x, targets = split_batch(batch)
+        outputs, scores = self._forward_and_score(x)
+        probs = class_probabilities(outputs.logits.float())
+        if dataloader_idx == 0:
+            self.test_metrics.update_id(probs, targets, scores)
+        else:
+            self.test_metrics.update_ood(dataloader_idx - 1, probs, scores)
+
+    def on_test_epoch_end(self) -> None:
+        values = self.test_metrics.compute()
+        values[metric_key(COMPLEXITY, "flops")] = float("nan") if self.flops_ is None else float(self.flops_)
+        values[metric_key(COMPLEXITY, "params")] = float(params(self.model))
+        self.log_dict(values)
+
+    # ------------------------------------------------------------------------------- helpers
+    def _forward_and_score(self, x: Tensor) -> tuple[ModelOutputs, dict[str, Tensor]]:
+        """One forward pass and every criterion's scores; FLOPs counted on the first batch.
+
+        Counting during the real pass costs no extra forward and includes what the criteria
+        compute on top of the model (DEUP's features and error predictor, k-NN distances).
+        """
+        counter = FlopCounterMode(display=False) if self.flops_ is None else nullcontext()
+        with counter:
+            outputs = self._capture(x)
+            scores = {c.name: c(outputs).to(outputs.logits.device) for c in self._criteria}
+        if self.flops_ is None:
+            self.flops_ = counter.get_total_flops()
+        return outputs, scores
+
+    def _ood_sets(self) -> list[str]:
+        if not self.eval_ood:
+            return []
+        num_sets = len(self.trainer.num_test_batches) - 1  # one entry per test loader
+        if num_sets < 1:
+            raise ValueError(
+                "eval_ood=True, but the test data holds no OOD set: it has a single loader. Build "
+                "the datamodule with eval_ood=True (its test_dataloader() then returns [ID, OOD, ...]) "
+                "or pass eval_ood=False to the routine."
+            )
+        names = list(getattr(self.trainer.datamodule, "ood_names", None) or [])
+        return names if len(names) == num_sets else [f"ood{i}" for i in range(1, num_sets + 1)]
+
+    def _post_processing_to_fit(self) -> PostProcessing | None:
+        used = any(criterion.needs_post_processing for criterion in self._criteria)
+        post = self.post_processing
+        return post if used and post is not None and (self.refit or not post.is_fitted) else None
+
+    def _fit_components(self) -> None:
+        criteria = [c for c in self._criteria if c.needs_fit and (self.refit or not c.fitted)]
+        post = self._post_processing_to_fit()
+        if not criteria and post is None:
+            return
+        datamodule = self._fitting_datamodule()
+        train: tuple[ModelOutputs | None, Tensor | None] = (None, None)
+        if criteria or post.uses_train_data:
+            train = self._collect(_train_eval_loader(datamodule), "Training-split outputs")
+        for criterion in criteria:
+            criterion.fit(*train)
+        if post is not None:
+            cal_loader = getattr(datamodule, "postprocess_dataloader", datamodule.val_dataloader)()
+            post.fit_outputs(*self._collect(cal_loader, "Post-processing outputs"), *train)
+
+    def _fitting_datamodule(self) -> LightningDataModule:
+        if self.trainer.datamodule is None:
+            raise ValueError(
+                "Some OOD criterion or the post-processing is not fitted yet, and fitting needs the "
+                "training and calibration splits, but trainer.test got no datamodule. Pass "
+                "`datamodule=...` to trainer.test, or fit them before testing."
+            )
+        return self.trainer.datamodule
+
+    def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
+        progress = self.trainer.progress_bar_callback is not None
+        return collect_outputs(self.model, loader, self.device, progress=progress, desc=desc)
+
+
+def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:
+    """The training split unshuffled and without augmentation, as fitted criteria expect it."""
+    if hasattr(datamodule, "train_eval_dataloader"):
+        return datamodule.train_eval_dataloader()
+    warnings.warn(
+        f"{type(datamodule).__name__} has no train_eval_dataloader(), so criteria and post-processing "
+        "are fitted on train_dataloader(), whose batches may be shuffled and augmented. Add a "
+        "train_eval_dataloader() serving the training split without augmentation.",
+        UserWarning,
+        stacklevel=2,
+    )
+    return datamodule.train_dataloader()

@@ -1,0 +1,242 @@
+"""ClassificationRoutine: construction checks, training, fitting at test start, one forward pass per
+batch, and metric values checked against sklearn on the synthetic blob task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, roc_auc_score
+from torch import nn
+
+from routines.synthetic import (
+    NUM_CLASSES,
+    BlobDataModule,
+    CountingPostProcessing,
+    make_mlp,
+    trained_mlp,
+)
+from torch_deup import TUTrainer
+from torch_deup.ood_criteria import GDACriterion, MaxSoftmaxCriterion
+from torch_deup.routines import ClassificationRoutine
+
+
+def run_test(routine: ClassificationRoutine, datamodule: BlobDataModule) -> dict[str, float]:
+    trainer = TUTrainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+    return trainer.test(routine, datamodule=datamodule, verbose=False)[0]
+
+
+@pytest.fixture
+def counting_forward():
+    """A trained MLP whose forward calls are counted."""
+    model = trained_mlp()
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    return model, calls
+
+
+# ----------------------------------------------------------------------------- construction
+def test_num_classes_below_one_raises():
+    with pytest.raises(ValueError, match=r"`num_classes` to be an integer >= 1, but got 0"):
+        ClassificationRoutine(make_mlp(), num_classes=0)
+
+
+def test_deup_criterion_without_post_processing_raises():
+    with pytest.raises(
+        ValueError, match=r"'DEUP' scores with a post-processing .* `post_processing` is None"
+    ):
+        ClassificationRoutine(make_mlp(), NUM_CLASSES, ood_criterion="deup")
+
+
+def test_switching_to_deup_without_post_processing_raises():
+    routine = ClassificationRoutine(make_mlp(), NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"`post_processing` is None"):
+        routine.ood_criterion = ["msp", "deup"]
+
+
+def test_duplicate_criterion_names_raise():
+    with pytest.raises(ValueError, match=r"distinct names, but got names \['MSP', 'MSP'\]"):
+        ClassificationRoutine(make_mlp(), NUM_CLASSES, ood_criterion=["msp", MaxSoftmaxCriterion()])
+
+
+def test_post_processing_gets_the_model_only_when_it_has_none():
+    model, other = make_mlp(), make_mlp(1)
+    assert (
+        ClassificationRoutine(model, 3, post_processing=CountingPostProcessing()).post_processing.model
+        is model
+    )
+    kept = ClassificationRoutine(model, 3, post_processing=CountingPostProcessing(other)).post_processing
+    assert kept.model is other
+
+
+def test_criterion_property_normalises_and_binds_post_processing():
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=post, ood_criterion="deup")
+    assert routine.ood_criterion.name == "DEUP"
+    assert routine.ood_criterion.post_processing is post
+    routine.ood_criterion = ["energy", "msp"]
+    assert [c.name for c in routine.ood_criterion] == ["Energy", "MSP"]
+
+
+# ----------------------------------------------------------------------------- training
+def test_trains_with_loss_and_optim_recipe():
+    routine = ClassificationRoutine(
+        make_mlp(),
+        NUM_CLASSES,
+        loss=nn.CrossEntropyLoss(),
+        optim_recipe=lambda model: torch.optim.Adam(model.parameters(), lr=0.05),
+    )
+    trainer = TUTrainer(
+        accelerator="cpu", max_epochs=8, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(routine, datamodule=BlobDataModule())
+    # the blobs overlap a little: the Bayes accuracy is about 0.9
+    assert trainer.callback_metrics["val/Acc"] > 0.8
+    assert "val/loss" in trainer.callback_metrics
+
+
+def test_training_without_loss_raises():
+    routine = ClassificationRoutine(
+        make_mlp(), NUM_CLASSES, optim_recipe=torch.optim.SGD(make_mlp().parameters())
+    )
+    trainer = TUTrainer(
+        accelerator="cpu", max_epochs=1, enable_progress_bar=False, enable_model_summary=False
+    )
+    with pytest.raises(ValueError, match=r"Training needs both `loss` and `optim_recipe`"):
+        trainer.fit(routine, datamodule=BlobDataModule())
+
+
+# ----------------------------------------------------------------------------- test-time checks
+def test_eval_ood_without_ood_set_raises():
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True)
+    with pytest.raises(ValueError, match=r"eval_ood=True, but the test data holds no OOD set"):
+        run_test(routine, BlobDataModule(ood_sets=()))
+
+
+def test_fitting_without_datamodule_raises():
+    dm = BlobDataModule()
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES, ood_criterion="gda")
+    trainer = TUTrainer(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"trainer.test got no datamodule"):
+        trainer.test(routine, dataloaders=dm.test_dataloader()[0], verbose=False)
+
+
+def test_missing_train_eval_dataloader_warns_and_falls_back():
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES, ood_criterion="gda")
+    with pytest.warns(UserWarning, match=r"has no train_eval_dataloader\(\)"):
+        run_test(routine, BlobDataModule(train_eval=False))
+    assert routine.ood_criterion.fitted
+
+
+# ----------------------------------------------------------------------------- values
+def test_values_match_sklearn():
+    dm = BlobDataModule()
+    model = trained_mlp()
+    results = run_test(ClassificationRoutine(model, NUM_CLASSES, eval_ood=True), dm)
+    (x_id, y_id), (x_ood, _) = dm.sets["test"], dm.sets["far"]
+    with torch.no_grad():
+        p_id, p_ood = model(x_id).softmax(1), model(x_ood).softmax(1)
+    assert results["test/cls/Acc"] == pytest.approx(accuracy_score(y_id, p_id.argmax(1)), abs=1e-6)
+    msp = torch.cat([p_id, p_ood]).max(1).values.numpy()
+    is_ood = np.r_[np.zeros(len(p_id)), np.ones(len(p_ood))]
+    assert results["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, -msp), abs=1e-6)
+    entropy = -(p_ood * p_ood.log()).sum(1).mean().item()  # written-out predictive entropy
+    assert results["ood/Entropy"] == pytest.approx(entropy, rel=1e-5)
+    # FLOPs of the first batch: 2 x batch x (2*16 + 16*3) multiply-accumulates of the two linears
+    assert results["test/cplx/flops"] == 2 * 64 * (2 * 16 + 16 * 3)
+    assert results["test/cplx/params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_several_ood_sets_are_reported_separately():
+    dm = BlobDataModule(ood_sets=("far", "near"))
+    results = run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True), dm)
+    separate = [
+        run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True), BlobDataModule((s,)))
+        for s in ("far", "near")
+    ]
+    assert results["ood_far/AUROC"] == pytest.approx(separate[0]["ood/AUROC"])
+    assert results["ood_near/AUROC"] == pytest.approx(separate[1]["ood/AUROC"])
+    assert results["ood_far/AUROC"] != pytest.approx(results["ood_near/AUROC"])
+
+
+def test_list_of_criteria_matches_separate_runs():
+    dm = BlobDataModule()
+    post = CountingPostProcessing()
+    specs = {"msp": "MSP", "deup": "DEUP", "gda": "GDA"}
+    joint = run_test(
+        ClassificationRoutine(
+            trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion=list(specs)
+        ),
+        dm,
+    )
+    for spec, column in specs.items():
+        routine = ClassificationRoutine(
+            trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion=spec
+        )
+        single = run_test(routine, dm)
+        for metric in ("AUROC", "FPR95", "SCOD_AURC", "Entropy"):
+            assert joint[f"ood/{column}/{metric}"] == pytest.approx(single[f"ood/{metric}"])
+        for metric in ("AURC", "Cov_5Risk"):
+            assert joint[f"test/sc/{column}/{metric}"] == pytest.approx(
+                single[f"test/sc/{metric}"], nan_ok=True
+            )
+    assert post.fit_calls == 1
+
+
+# ----------------------------------------------------------------------------- fitting
+def test_switching_criterion_does_not_refit():
+    dm = BlobDataModule()
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(
+        trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion="deup"
+    )
+    deup_results = run_test(routine, dm)
+    assert post.fit_calls == 1
+    assert post.saw_train_outputs  # uses_train_data: fitted with training-split outputs
+    routine.ood_criterion = MaxSoftmaxCriterion()
+    msp_results = run_test(routine, dm)
+    routine.ood_criterion = "deup"
+    again = run_test(routine, dm)
+    assert post.fit_calls == 1
+    assert again["ood/AUROC"] == deup_results["ood/AUROC"] != msp_results["ood/AUROC"]
+    assert msp_results["test/cls/Acc"] == deup_results["test/cls/Acc"]
+
+
+def test_refit_fits_at_every_test():
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(trained_mlp(), 3, post_processing=post, ood_criterion="deup", refit=True)
+    for _ in range(2):
+        run_test(routine, BlobDataModule())
+    assert post.fit_calls == 2
+
+
+def test_unused_post_processing_is_not_fitted():
+    post = CountingPostProcessing()
+    run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, post_processing=post), BlobDataModule())
+    assert post.fit_calls == 0
+
+
+def test_one_forward_pass_per_batch_and_one_training_pass(counting_forward):
+    model, calls = counting_forward
+    dm = BlobDataModule()
+    post = CountingPostProcessing()
+    gda = GDACriterion()
+    routine = ClassificationRoutine(
+        model, NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion=["deup", gda, "msp"]
+    )
+    test_batches = dm.num_batches("test") + dm.num_batches("far")
+    fit_batches = dm.num_batches("train") + dm.num_batches("val")
+    run_test(routine, dm)
+    # the training split is run once for both GDA and the post-processing
+    assert len(calls) == fit_batches + test_batches
+    assert gda.fitted
+    run_test(routine, dm)
+    assert len(calls) == fit_batches + 2 * test_batches
+
+
+def test_flops_include_the_post_processing_score():
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES, post_processing=post, ood_criterion="deup")
+    results = run_test(routine, BlobDataModule())
+    model_flops = 2 * 64 * (2 * 16 + 16 * 3)
+    assert results["test/cplx/flops"] == model_flops + 2 * 64 * 16  # + the scorer's (64, 16) @ (16, 1)

@@ -24,7 +24,8 @@ def merge_results(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def results_tables(metrics: dict[str, float]) -> list[Table]:
-    """One rich table per metric group, rows sorted by name, one column per criterion/OOD set.
+    """One rich table per metric group (and per OOD set), rows sorted by name, one column per
+    criterion.
 
     Example:
         >>> tables = results_tables({"test/cls/Acc": 0.9, "ood/AUROC": 0.8})

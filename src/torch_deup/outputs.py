@@ -26,6 +26,14 @@ class ModelOutputs:
     logits: Tensor
     embedding: Tensor | None = None
 
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, index: Tensor | slice) -> ModelOutputs:
+        """The outputs of a subset of samples."""
+        emb = None if self.embedding is None else self.embedding[index]
+        return ModelOutputs(self.logits[index], emb)
+
     def detach(self) -> ModelOutputs:
         emb = None if self.embedding is None else self.embedding.detach()
         return ModelOutputs(self.logits.detach(), emb)

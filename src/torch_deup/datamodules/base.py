@@ -149,6 +149,10 @@ class TensorDataModule(LightningDataModule):
         """Shuffled, augmented batches of the training split."""
         return self._loader(self._data("train"), train=True)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training split in order, without augmentation: what fitted detectors are fitted on."""
+        return self._loader(self._data("train"))
+
     def val_dataloader(self) -> DataLoader | list:
         """The validation split, or ``[]`` (Lightning then skips validation) without ``val_split``."""
         val = self._data("val")

@@ -128,6 +128,7 @@ class GaussianDensity(FeatureExtractor):
 
     needs_fit = True
     needs_embedding = True
+    ood_direction = -1
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> GaussianDensity:
         embedding = require_embedding(outputs, self).double()

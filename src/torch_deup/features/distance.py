@@ -47,6 +47,7 @@ class KNNDistance(FeatureExtractor):
 
     needs_fit = True
     needs_embedding = True
+    ood_direction = 1
 
     def __init__(
         self,
@@ -140,6 +141,7 @@ class MahalanobisDistance(FeatureExtractor):
 
     needs_fit = True
     needs_embedding = True
+    ood_direction = 1
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> MahalanobisDistance:
         embedding = require_embedding(outputs, self).double()

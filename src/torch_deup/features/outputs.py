@@ -82,4 +82,3 @@ class Embedding(FeatureExtractor):
                 "layer's input."
             )
         return outputs.embedding.float()
-

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +88,45 @@ def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), targets.long(), reduction="none")
 
 
-class ErrorPredictor(nn.Module):
-    """``g``: an MLP plus a linear skip, softplus output (``g >= 0``)."""
+@dataclass
+class FeatureScaler:
+    """Symmetric log, then standardisation with the fitting rows' statistics.
 
-    def __init__(self, in_dim: int, hidden_dim: int) -> None:
+    Densities and distances are heavy-tailed (a log-density of -1e6 next to ones near 0): the
+    symmetric log keeps their order but stops one extreme row from setting the scale. ``low`` and
+    ``high`` record the standardised range of the fitting rows, where ``g``'s MLP was trained.
+    """
+
+    mean: Tensor
+    std: Tensor
+    low: Tensor
+    high: Tensor
+
+    @staticmethod
+    def symlog(x: Tensor) -> Tensor:
+        return torch.sign(x) * torch.log1p(x.abs())
+
+    @classmethod
+    def fit(cls, x: Tensor) -> FeatureScaler:
+        t = cls.symlog(x)
+        mean, std = t.mean(0), t.std(0).clamp_min(1e-6)
+        z = (t - mean) / std
+        return cls(mean, std, z.min(0).values, z.max(0).values)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (self.symlog(x) - self.mean) / self.std
+
+
+class ErrorPredictor(nn.Module):
+    """``g``: softplus of an MLP on range-clipped features plus a monotone linear term.
+
+    The MLP sees features clipped to the range of its training rows, so it never extrapolates
+    wildly. Columns with an ``ood_direction`` (densities, distances) also enter a linear term
+    whose weights are kept non-negative in that direction, unclipped: the farther an input lies
+    from the training data, the larger ``g``, however far that is. ``g >= 0`` by the softplus.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, low: Tensor, high: Tensor, directions: Tensor) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim),
@@ -98,14 +135,23 @@ class ErrorPredictor(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden_dim, 1),
         )
-        self.skip = nn.Linear(in_dim, 1)
+        self.register_buffer("low", low.clone())
+        self.register_buffer("high", high.clone())
+        self.register_buffer("directions", directions.float().clone())
+        self.monotone_weight = nn.Parameter(torch.zeros(in_dim))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(self.mlp(x) + self.skip(x)).squeeze(1)
+    def forward(self, z: Tensor) -> Tensor:
+        clipped = torch.minimum(torch.maximum(z, self.low), self.high)
+        monotone = (F.softplus(self.monotone_weight) * self.directions * z).sum(1)
+        return F.softplus(self.mlp(clipped).squeeze(1) + monotone)
 
 
 def _log_target(errors: Tensor) -> Tensor:
     return torch.log(errors + _LOG_EPS)
+
+
+def _weighted(weight: Tensor | None, n: int) -> Tensor:
+    return torch.ones(n) if weight is None else weight
 
 
 def stratified_folds(strata: Tensor, num_folds: int, generator: torch.Generator) -> list[Tensor]:
@@ -121,18 +167,19 @@ def stratified_folds(strata: Tensor, num_folds: int, generator: torch.Generator)
 
 
 def train_error_predictor(
+    make_g: Callable[[], ErrorPredictor],
     x: Tensor,
     log_target: Tensor,
-    hidden_dim: int,
     epochs: int,
     generator: torch.Generator,
     batch_size: int = 256,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     weight_decay: float = 1e-4,
     x_val: Tensor | None = None,
     log_target_val: Tensor | None = None,
-    patience: int = 5,
+    patience: int = 10,
     weight: Tensor | None = None,
+    weight_val: Tensor | None = None,
 ) -> tuple[ErrorPredictor, int]:
     """Fit ``g`` by mini-batch Adam on the log-space squared error.
 
@@ -140,9 +187,9 @@ def train_error_predictor(
     weights and their epoch count; without, trains exactly ``epochs`` epochs.
     """
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    g = ErrorPredictor(x.shape[1], hidden_dim)
+    g = make_g()
     optimizer = torch.optim.AdamW(g.parameters(), lr=lr, weight_decay=weight_decay)
-    weight = torch.ones(len(x)) if weight is None else weight
+    weight = _weighted(weight, len(x))
     best = (math.inf, 0, None)
     for epoch in range(1, epochs + 1):
         g.train()
@@ -155,7 +202,9 @@ def train_error_predictor(
             continue
         g.eval()
         with torch.no_grad():
-            val_loss = (_log_target(g(x_val)) - log_target_val).pow(2).mean().item()
+            val_loss = (
+                _weighted(weight_val, len(x_val)) * (_log_target(g(x_val)) - log_target_val).pow(2)
+            ).mean()
         if val_loss < best[0]:
             best = (val_loss, epoch, {k: v.clone() for k, v in g.state_dict().items()})
         elif epoch - best[1] >= patience:
@@ -181,6 +230,7 @@ class DEUP(PostProcessing):
         target: ``"error"`` or ``"oof"`` (see the module docstring).
         held_out_classes: number of class groups of the held-out-class protocol, used when
             training outputs are given (``0`` disables it).
+        held_out_weight: loss weight of each held-out-class row relative to a calibration row.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -209,10 +259,11 @@ class DEUP(PostProcessing):
         features: Sequence[FeatureExtractor] | None = None,
         target: str = "error",
         held_out_classes: int = 5,
+        held_out_weight: float = 0.5,
         batch_size: int = 256,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-4,
-        patience: int = 5,
+        patience: int = 10,
         progress: bool = True,
         seed: int = 0,
     ) -> None:
@@ -225,6 +276,7 @@ class DEUP(PostProcessing):
         self.features = features
         self.target = target
         self.held_out_classes = held_out_classes
+        self.held_out_weight = held_out_weight
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -333,6 +385,7 @@ class DEUP(PostProcessing):
                 extractor.fit(*train)
         x = _feature_matrix(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
+        weight = torch.ones(len(x))
         if train is not None and self.task == "classification" and self.held_out_classes > 0:
             from torch_deup.post_processing.held_out_classes import held_out_class_rows
 
@@ -342,13 +395,26 @@ class DEUP(PostProcessing):
             # their own stratum, so every fold holds its share of held-out-class rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
             x, errors = torch.cat([x, extra_x]), torch.cat([errors, extra_errors])
+            weight = torch.cat([weight, torch.full((len(extra_x),), float(self.held_out_weight))])
         self.features_ = features
-        self.feature_mean_ = x.mean(0)
-        self.feature_std_ = x.std(0).clamp_min(1e-6)
+        self.scaler_ = FeatureScaler.fit(x)
         self.errors_ = errors
-        self.g_ = self._cross_fit((x - self.feature_mean_) / self.feature_std_, _log_target(errors), strata)
+        directions = torch.cat(
+            [torch.full((f(cal_outputs[:1]).reshape(1, -1).shape[1],), f.ood_direction) for f in features]
+        )
+        make_g = partial(
+            ErrorPredictor, x.shape[1], self.hidden_dim, self.scaler_.low, self.scaler_.high, directions
+        )
+        self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
 
-    def _cross_fit(self, x: Tensor, log_target: Tensor, strata: Tensor) -> ErrorPredictor:
+    def _cross_fit(
+        self,
+        make_g: Callable[[], ErrorPredictor],
+        x: Tensor,
+        log_target: Tensor,
+        strata: Tensor,
+        weight: Tensor,
+    ) -> ErrorPredictor:
         generator = torch.Generator().manual_seed(self.seed)
         folds = stratified_folds(strata, self.num_folds, generator)
         oof = torch.empty(len(x))
@@ -362,19 +428,21 @@ class DEUP(PostProcessing):
             perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
             stop_idx, fit_idx = perm[:n_stop], perm[n_stop:]
             g, epoch = train_error_predictor(
-                x[fit_idx], log_target[fit_idx], self.hidden_dim, self.max_epochs, generator,
-                x_val=x[stop_idx], log_target_val=log_target[stop_idx], patience=self.patience, **kwargs,
+                make_g, x[fit_idx], log_target[fit_idx], self.max_epochs, generator, weight=weight[fit_idx],
+                x_val=x[stop_idx], log_target_val=log_target[stop_idx], weight_val=weight[stop_idx],
+                patience=self.patience, **kwargs,
             )  # fmt: skip
             with torch.no_grad():
                 oof[held] = g(x[held])
             best_epochs.append(epoch)
             bar.update()
         self.oof_predictions_ = oof
-        self.oof_spearman_ = spearman(oof, log_target)
+        calibration_rows = strata >= 0  # held-out-class rows have constant targets
+        self.oof_spearman_ = spearman(oof[calibration_rows], log_target[calibration_rows])
         self.final_epochs_ = max(1, round(float(torch.tensor(best_epochs, dtype=torch.float).median())))
         final_target = log_target if self.target == "error" else _log_target(oof)
         g, _ = train_error_predictor(
-            x, final_target, self.hidden_dim, self.final_epochs_, generator, **kwargs
+            make_g, x, final_target, self.final_epochs_, generator, weight=weight, **kwargs
         )
         bar.update()
         bar.close()
@@ -386,7 +454,7 @@ class DEUP(PostProcessing):
         self._check_fitted()
         x = _feature_matrix(self.features_, outputs.to("cpu"))
         with torch.no_grad():
-            scores = self.g_((x - self.feature_mean_) / self.feature_std_)
+            scores = self.g_(self.scaler_(x))
         return scores.to(outputs.logits.device)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -401,7 +469,7 @@ class DEUP(PostProcessing):
 
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
-        "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes",
+        "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
         "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
     )  # fmt: skip
 
@@ -414,10 +482,8 @@ class DEUP(PostProcessing):
                 {"class": f"{type(f).__module__}:{type(f).__qualname__}", "state": dict(vars(f))}
                 for f in self.features_
             ],
-            "in_dim": self.feature_mean_.numel(),
             "g": self.g_.state_dict(),
-            "feature_mean": self.feature_mean_,
-            "feature_std": self.feature_std_,
+            "scaler": vars(self.scaler_),
             "final_epochs": self.final_epochs_,
             "oof_spearman": self.oof_spearman_,
         }
@@ -429,10 +495,13 @@ class DEUP(PostProcessing):
         state = torch.load(path, map_location="cpu", weights_only=True)
         deup = cls(model=model, device=device, **state["params"])
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
-        deup.g_ = ErrorPredictor(state["in_dim"], deup.hidden_dim)
-        deup.g_.load_state_dict(state["g"])
+        deup.scaler_ = FeatureScaler(**state["scaler"])
+        g_state = state["g"]
+        deup.g_ = ErrorPredictor(
+            len(g_state["low"]), deup.hidden_dim, g_state["low"], g_state["high"], g_state["directions"]
+        )
+        deup.g_.load_state_dict(g_state)
         deup.g_.eval()
-        deup.feature_mean_, deup.feature_std_ = state["feature_mean"], state["feature_std"]
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
         return deup
 

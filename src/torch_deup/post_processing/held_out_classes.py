@@ -85,8 +85,9 @@ def held_out_class_rows(
         relabel = torch.searchsorted(kept_classes, train_targets[keep])
         with torch.enable_grad():
             head = fit_linear_head(train_outputs.embedding[keep], relabel, len(kept_classes))
-        subset = ModelOutputs(train_outputs.logits[keep], train_outputs.embedding[keep])
-        refitted = [copy.deepcopy(f).fit(subset, relabel) if f.needs_fit else f for f in features]
+        refitted = [
+            copy.deepcopy(f).fit(train_outputs[keep], relabel) if f.needs_fit else f for f in features
+        ]
         emb = cal_outputs.embedding[held]
         with torch.no_grad():
             outputs = ModelOutputs(head(emb), emb)

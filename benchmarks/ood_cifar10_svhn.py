@@ -1,0 +1,211 @@
+"""Every criterion of the library on one model: CIFAR-10 (ID) vs SVHN (OOD), one run.
+
+    python benchmarks/ood_cifar10_svhn.py --data ../shared/data --checkpoint checkpoints/resnet20_cifar10.pt
+
+The model is the project's ResNet-20 (45,000 training images; the 5,000-image validation split was
+held out and is where DEUP is fitted). The base model runs once over train, validation, test and
+SVHN; every criterion then reads those outputs, exactly as the evaluation routine does. Fitted
+detectors (Mahalanobis, KNN, GDA) are fitted on the training split, DEUP on the validation split
+with the training split as its density/distance reference. Nothing is fitted on test data.
+
+Columns: OOD AUROC / AUPR / FPR95 (SVHN positive), misclassification AUROC and AURC on CIFAR-10
+test, SCOD_AUGRC (ID test + SVHN, OOD cost 0.5), Spearman correlation of the score with the
+per-sample cross-entropy on CIFAR-10 test, fit time and scoring time per 1,000 images (on computed
+outputs; the base model's own forward time is printed above the table). DEUP runs with three
+seeds: mean and spread. Writes ``--plot`` (OOD AUROC vs misclassification AUROC) and ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from torch_deup.datamodules import CIFAR10DataModule
+from torch_deup.hub import load_checkpoint
+from torch_deup.metrics import augrc, aurc, fpr_at_tpr, ood_aupr, ood_auroc, scod_losses
+from torch_deup.models.classification.resnet import resnet
+from torch_deup.ood_criteria import get_criterion
+from torch_deup.outputs import ModelOutputs, collect_outputs
+from torch_deup.post_processing import DEUP
+from torch_deup.post_processing.deup import spearman
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.reference_deup import fit_reference_deup  # noqa: E402
+
+BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
+
+
+def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
+    """Outputs of the four splits (cached in ``--cache``) and the forward times."""
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=True)
+        return {
+            k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()
+        }, saved["times"]
+    dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
+    model = load_checkpoint(resnet(arch=20, num_classes=10), args.checkpoint).eval()
+    loaders = {
+        "train": dm.train_eval_dataloader(),
+        "val": dm.postprocess_dataloader(),
+        "test": dm.test_dataloader()[0],
+        "svhn": dm.test_dataloader()[1],
+    }
+    sets, times = {}, {}
+    for name, loader in loaders.items():
+        start = time.perf_counter()
+        sets[name] = collect_outputs(model, loader, desc=f"forward {name}")
+        times[name] = time.perf_counter() - start
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            k: {"logits": o.logits, "embedding": o.embedding, "targets": t} for k, (o, t) in sets.items()
+        }
+        torch.save({"sets": payload, "times": times}, cache)
+    return sets, times
+
+
+def evaluate(
+    scores_id: torch.Tensor, scores_ood: torch.Tensor, test: tuple[ModelOutputs, torch.Tensor]
+) -> dict:
+    outputs, targets = test
+    wrong = (outputs.logits.argmax(1) != targets).float()
+    loss = F.cross_entropy(outputs.logits, targets, reduction="none")
+    scores = torch.cat([scores_id, scores_ood])
+    is_ood = torch.cat([torch.zeros(len(scores_id)), torch.ones(len(scores_ood))])
+    misclassified = torch.cat([wrong, torch.zeros(len(scores_ood))])
+    return {
+        "OOD AUROC": 100 * ood_auroc(scores, is_ood).item(),
+        "AUPR": 100 * ood_aupr(scores, is_ood).item(),
+        "FPR95": 100 * fpr_at_tpr(scores, is_ood).item(),
+        "Mis AUROC": 100 * ood_auroc(scores_id, wrong).item(),
+        "AURC": 100 * aurc(scores_id, wrong).item(),
+        "SCOD_AUGRC": 100 * augrc(scores, scod_losses(misclassified, is_ood, 0.5)).item(),
+        "Spearman": spearman(scores_id, loss),
+    }
+
+
+def timed(fit, score, sets) -> tuple[dict, float, float]:
+    start = time.perf_counter()
+    fitted = fit()
+    fit_time = time.perf_counter() - start
+    start = time.perf_counter()
+    scores_id, scores_ood = score(fitted, sets["test"][0]), score(fitted, sets["svhn"][0])
+    per_1000 = (time.perf_counter() - start) / (len(scores_id) + len(scores_ood)) * 1000
+    return evaluate(scores_id, scores_ood, sets["test"]), fit_time, per_1000
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    sets, times = collect_all(args)
+    n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
+    print(
+        f"base model forward: train+val {times['train'] + times['val']:.1f} s ({n_forward} images), "
+        f"{(times['test'] + times['svhn']) / 20:.3f} s per 1,000 test images"
+    )
+    test_acc = (sets["test"][0].logits.argmax(1) == sets["test"][1]).float().mean().item()
+    print(f"test accuracy {100 * test_acc:.2f}%")
+    rows = []
+    for name in BASELINES:
+        criterion = get_criterion(name)
+        metrics, fit_time, per_1000 = timed(
+            lambda c=criterion: c.fit(*sets["train"]) if c.needs_fit else c, lambda c, o: c(o), sets
+        )
+        rows.append(
+            {"criterion": criterion.name, **metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000}
+        )
+    val_logits, val_targets = sets["val"][0].logits, sets["val"][1]
+    metrics, fit_time, per_1000 = timed(
+        lambda: fit_reference_deup(val_logits, val_targets), lambda ref, o: ref(o.logits), sets
+    )
+    rows.append(
+        {"criterion": "DEUP (reference config)", **metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000}
+    )
+    seeds = []
+    for seed in args.seeds:
+        deup = DEUP(seed=seed, progress=False, **json.loads(args.deup))
+        metrics, fit_time, per_1000 = timed(
+            lambda d=deup: d.fit_outputs(*sets["val"], *sets["train"]), lambda d, o: d.score_outputs(o), sets
+        )
+        seeds.append({**metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000})
+    stacked = {k: torch.tensor([s[k] for s in seeds]) for k in seeds[0]}
+    rows.append(
+        {
+            "criterion": f"DEUP (ours, {len(seeds)} seeds)",
+            **{k: v.mean().item() for k, v in stacked.items()},
+            "spread": {k: v.std().item() for k, v in stacked.items()},
+        }
+    )
+    forward_train_val = times["train"] + times["val"]
+    print(
+        f"DEUP fit incl. training pass: {(forward_train_val + rows[-1]['fit s']) / forward_train_val:.2f}x "
+        "one forward pass over train+val"
+    )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = [k for k in rows[0] if k != "criterion"]
+    print(f"{'criterion':<26}" + "".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        cells = []
+        for c in columns:
+            spread = row.get("spread", {}).get(c)
+            cells.append(f"{row[c]:>7.2f}" + (f"±{spread:<4.2f}" if spread is not None else "     "))
+        print(f"{row['criterion']:<26}" + "".join(f"{cell:>12}" for cell in cells))
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        ours = row["criterion"].startswith("DEUP (ours")
+        ax.scatter(row["Mis AUROC"], row["OOD AUROC"], s=80 if ours else 40, c="C3" if ours else "C0")
+        ax.annotate(
+            row["criterion"],
+            (row["Mis AUROC"], row["OOD AUROC"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("misclassification AUROC, CIFAR-10 test (%)")
+    ax.set_ylabel("OOD AUROC, CIFAR-10 vs SVHN (%)")
+    ax.set_title("ResNet-20: every criterion on the same outputs")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--checkpoint", default="checkpoints/resnet20_cifar10.pt")
+    parser.add_argument(
+        "--cache", default="results/cifar10_svhn_outputs.pt", help="outputs cache ('' to disable)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--deup", default="{}", help="JSON of extra DEUP arguments")
+    parser.add_argument("--plot", default="benchmarks/ood_cifar10_svhn.png")
+    parser.add_argument("--json", default="results/ood_cifar10_svhn.json")
+    args = parser.parse_args()
+    rows = run(args)
+    print_table(rows)
+    if args.plot:
+        plot(rows, args.plot)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from helpers.reference_deup import fit_reference_deup
+from torch_deup.features import NotFittedError
+from torch_deup.outputs import OutputCapture
+from torch_deup.post_processing import DEUP
+from torch_deup.post_processing.deup import per_sample_errors, stratified_folds
+
+FAST = {"max_epochs": 8, "progress": False}
+
+
+def mlp(in_dim: int = 4, num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(in_dim, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def loader(n: int = 60, in_dim: int = 4, num_classes: int = 3, batch_size: int = 16) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, in_dim, generator=g)
+    return DataLoader(TensorDataset(x, torch.arange(n) % num_classes), batch_size=batch_size)
+
+
+def flipped_region_problem(n: int, seed: int):
+    """Two blobs split by x0; the truth flips the label where x1 > 1, the model ignores x1.
+
+    The model is confident everywhere, so its errors sit in a region only the embedding shows.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g) * torch.tensor([1.0, 1.5])
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 1.0)).long()
+    return x, y
+
+
+def region_model() -> nn.Module:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+        model[1].weight.copy_(torch.tensor([[-3.0, 0.0], [3.0, 0.0]]))
+        model[1].bias.zero_()
+    return model
+
+
+def test_tutorial_call_returns_one_nonnegative_score_per_sample():
+    deup = DEUP(task="classification", model=mlp(), num_folds=5, hidden_dim=32, max_epochs=30, device="cpu")
+    deup.progress = False
+    deup.fit(loader())
+    scores = deup(torch.randn(10, 4))
+    assert scores.shape == (10,)
+    assert (scores >= 0).all()
+    assert deup.predict_proba(torch.randn(10, 4)).shape == (10, 3)
+
+
+def test_g_finds_the_region_where_a_confident_model_is_wrong_better_than_the_reference():
+    model = region_model()
+    x_cal, y_cal = flipped_region_problem(2000, seed=0)
+    x_test, y_test = flipped_region_problem(2000, seed=1)
+    deup = DEUP(model=model, max_epochs=40, progress=False).fit(DataLoader(TensorDataset(x_cal, y_cal), 256))
+    with torch.no_grad():
+        true_error = F.cross_entropy(model(x_test), y_test, reduction="none")
+        cal_logits, test_logits = model(x_cal), model(x_test)
+    reference = fit_reference_deup(cal_logits, y_cal)(test_logits)
+    ours = spearmanr(deup(x_test).numpy(), true_error.numpy()).statistic
+    theirs = spearmanr(reference.numpy(), true_error.numpy()).statistic
+    assert ours > 0.6
+    assert ours > theirs + 0.2
+    # the flipped region is ranked above the rest
+    region = (x_test[:, 1] > 1.0).numpy()
+    assert roc_auc_score(region, deup(x_test).numpy()) > 0.9
+
+
+def test_training_data_features_let_g_score_unseen_inputs_above_confident_in_distribution_ones():
+    """Four blobs; OOD far away, where the tanh network is as confident as in distribution."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [4.0, 4.0]])
+
+    def blobs(n):
+        y = torch.arange(n) % 4
+        return centers[y] + torch.randn(n, 2, generator=g) * 0.7, y
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 4))
+    x_train, y_train = blobs(2000)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(model(x_train), y_train).backward()
+        opt.step()
+    x_cal, y_cal = blobs(800)
+    x_id, _ = blobs(500)
+    x_ood = torch.randn(500, 2, generator=g) * 0.7 + torch.tensor([12.0, -8.0])
+    is_ood = torch.cat([torch.zeros(500), torch.ones(500)]).numpy()
+    cal = DataLoader(TensorDataset(x_cal, y_cal), 200)
+    train = DataLoader(TensorDataset(x_train, y_train), 500)
+
+    def auroc(deup):
+        return roc_auc_score(is_ood, torch.cat([deup(x_id), deup(x_ood)]).numpy())
+
+    with_train = auroc(DEUP(model=model, max_epochs=20, progress=False, held_out_classes=2).fit(cal, train))
+    without_train = auroc(DEUP(model=model, max_epochs=20, progress=False).fit(cal))
+    with torch.no_grad():
+        msp = roc_auc_score(is_ood, -torch.cat([model(x_id), model(x_ood)]).softmax(1).max(1).values.numpy())
+    assert msp < 0.5  # the network is more confident on the OOD blob than in distribution
+    assert without_train < 0.5  # output statistics alone inherit that blindness
+    assert with_train > 0.75  # density and distance features flip the ranking
+
+
+def test_regression_ranks_large_errors_high():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1500, 1, generator=g) * 4 - 2
+    y = x[:, 0] ** 2 + 0.05 * torch.randn(1500, generator=g)
+    model = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 1))  # embedding = x, prediction ~ constant
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.zero_()
+        model[1].weight.zero_()
+        model[1].bias.fill_(1.0)
+    deup = DEUP(task="regression", model=model, max_epochs=40, progress=False)
+    deup.fit(DataLoader(TensorDataset(x[:1000], y[:1000]), 128))
+    true_error = (y[1000:] - 1.0) ** 2
+    assert spearmanr(deup(x[1000:]).numpy(), true_error.numpy()).statistic > 0.8
+
+
+def test_binary_single_logit_error_is_binary_cross_entropy():
+    logits = torch.tensor([[0.0], [2.0], [-1.0]])
+    targets = torch.tensor([1, 0, 0])
+    expected = torch.tensor([math.log(2), 2 + math.log1p(math.exp(-2)), math.log1p(math.exp(-1))])
+    torch.testing.assert_close(per_sample_errors("classification", logits, targets), expected)
+
+
+def test_same_seed_gives_identical_scores_and_another_seed_does_not():
+    x = torch.randn(20, 4)
+    a = DEUP(model=mlp(), seed=3, **FAST).fit(loader())(x)
+    b = DEUP(model=mlp(), seed=3, **FAST).fit(loader())(x)
+    c = DEUP(model=mlp(), seed=4, **FAST).fit(loader())(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    deup = DEUP(model=mlp(), **FAST).fit(loader())
+    deup.save(tmp_path / "deup.pt")
+    reloaded = DEUP.load(tmp_path / "deup.pt", model=mlp())
+    x = torch.randn(30, 4)
+    assert torch.equal(deup(x), reloaded(x))
+    assert reloaded.hidden_dim == deup.hidden_dim
+
+
+def test_save_load_with_fitted_extractors_is_bit_exact(tmp_path):
+    deup = DEUP(model=mlp(), held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    deup.save(tmp_path / "deup.pt")
+    reloaded = DEUP.load(tmp_path / "deup.pt", model=mlp())
+    x = torch.randn(30, 4)
+    assert torch.equal(deup(x), reloaded(x))
+
+
+def test_fit_inside_inference_mode_and_score_outputs_match_call():
+    deup = DEUP(model=mlp(), **FAST)
+    with torch.inference_mode():
+        deup.fit(loader())
+    x = torch.randn(8, 4)
+    assert torch.equal(deup.score_outputs(OutputCapture(deup.model)(x)), deup(x))
+
+
+def test_model_attached_later_with_set_model():
+    deup = DEUP(**FAST)
+    with pytest.raises(ValueError, match="set_model"):
+        deup.fit(loader())
+    deup.set_model(mlp())
+    assert deup.fit(loader()).is_fitted
+
+
+def test_folds_are_shuffled_stratified_and_cover_everything():
+    strata = torch.arange(100) % 4
+    folds = stratified_folds(strata, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat(folds).sort().values, torch.arange(100))
+    for fold in folds:
+        assert torch.bincount(strata[fold], minlength=4).tolist() == [5, 5, 5, 5]
+    assert not torch.equal(folds[0], torch.arange(20))
+
+
+class TripleDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.zeros(4), 0, 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fit_loader", "error", "match"),
+    [
+        ({"task": "segmentation"}, None, ValueError, "Expected `task`"),
+        ({"num_folds": 1}, None, ValueError, "`num_folds` to be an integer >= 2"),
+        (
+            {"num_folds": 10},
+            DataLoader(TensorDataset(torch.randn(6, 4), torch.arange(6) % 3)),
+            ValueError,
+            "at least `num_folds` = 10",
+        ),
+        (
+            {},
+            DataLoader(TensorDataset(torch.randn(0, 4), torch.zeros(0, dtype=torch.long))),
+            ValueError,
+            "empty",
+        ),
+        ({}, DataLoader(TensorDataset(torch.randn(10, 4), torch.arange(10))), ValueError, r"in \[0, 3\)"),
+        ({}, DataLoader(TripleDataset(), batch_size=2), TypeError, r"\(inputs, targets\) pairs"),
+    ],
+)
+def test_bad_input_raises_a_named_error(kwargs, fit_loader, error, match):
+    deup = DEUP(model=mlp(), **{**FAST, **kwargs})
+    with pytest.raises(error, match=match):
+        deup.fit(fit_loader if fit_loader is not None else loader())
+
+
+def test_nan_model_outputs_are_refused():
+    model = mlp()
+    with torch.no_grad():
+        model[2].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        DEUP(model=model, **FAST).fit(loader())
+
+
+def test_regression_target_shape_mismatch_is_refused():
+    model = mlp(num_classes=2)
+    bad = DataLoader(TensorDataset(torch.randn(10, 4), torch.randn(10, 3)), batch_size=5)
+    with pytest.raises(ValueError, match="do not match model outputs"):
+        DEUP(task="regression", model=model, **FAST).fit(bad)
+
+
+def test_scoring_before_fit_raises_not_fitted():
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        DEUP(model=mlp())(torch.randn(2, 4))

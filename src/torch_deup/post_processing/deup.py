@@ -313,17 +313,18 @@ class DEUP(PostProcessing):
             )
 
     # ----------------------------------------------------------------------------- fitting
-    def default_features(self, has_train_data: bool) -> list[FeatureExtractor]:
-        """Output statistics plus, with training outputs, density and distance to the training
-        embeddings; without them, the embedding itself."""
+    def default_features(self, num_train: int) -> list[FeatureExtractor]:
+        """Output statistics plus, with ``num_train`` training outputs, density and distance to
+        the training embeddings (k of the KNN: 50, at most a tenth of the bank); without them,
+        the embedding itself."""
         if self.task == "regression":
             return [RegressionOutputs(), Embedding()]
-        if not has_train_data:
+        if num_train == 0:
             return [OutputStatistics(include_logits=True), Embedding()]
         from torch_deup.features.density import GaussianDensity
         from torch_deup.features.distance import KNNDistance
 
-        return [OutputStatistics(), GaussianDensity(), KNNDistance()]
+        return [OutputStatistics(), GaussianDensity(), KNNDistance(k=max(1, min(50, num_train // 10)))]
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         model = self._require_model()
@@ -373,7 +374,9 @@ class DEUP(PostProcessing):
             )
         errors = per_sample_errors(self.task, cal_outputs.logits, cal_targets)
         features = (
-            list(self.features) if self.features is not None else self.default_features(train is not None)
+            list(self.features)
+            if self.features is not None
+            else self.default_features(0 if train is None else len(train[1]))
         )
         for extractor in features:
             if extractor.needs_fit:

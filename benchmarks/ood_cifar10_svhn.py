@@ -36,7 +36,7 @@ from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import spearman
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers.reference_deup import fit_reference_deup  # noqa: E402
+from helpers.reference_deup import fit_reference_deup
 
 BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
 

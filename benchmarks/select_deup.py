@@ -45,8 +45,11 @@ def main() -> None:
     def report(name: str, score, extra: str = "") -> None:
         s_id, s_ood = score(id_out), score(ood_out)
         s = torch.cat([s_id, s_ood])
-        print(f"{name:<48} proxy-OOD AUROC {100 * ood_auroc(s, is_ood):6.2f}  mis AUROC "
-              f"{100 * ood_auroc(s_id, wrong):6.2f}  SCOD_AUGRC {100 * augrc(s, losses):6.3f} {extra}", flush=True)
+        print(
+            f"{name:<48} proxy-OOD AUROC {100 * ood_auroc(s, is_ood):6.2f}  mis AUROC "
+            f"{100 * ood_auroc(s_id, wrong):6.2f}  SCOD_AUGRC {100 * augrc(s, losses):6.3f} {extra}",
+            flush=True,
+        )
 
     print(f"held-out classes {held.tolist()}; fit {len(a)}, ID eval {len(b)}, proxy OOD {len(ood_out)}")
     for name in ("msp", "knn", "gda"):

@@ -57,7 +57,9 @@ def main() -> None:
     train_all = load_image_folder(Path(args.data) / "train")
     test = load_image_folder(Path(args.data) / "test")
     train_idx, val_idx = stratified_split(train_all.targets, 0.1, seed=args.split_seed)
-    train_set = TensorImageDataset(train_all.subset(train_idx), CIFAR_MEAN, CIFAR_STD, augment=True, seed=args.seed)
+    train_set = TensorImageDataset(
+        train_all.subset(train_idx), CIFAR_MEAN, CIFAR_STD, augment=True, seed=args.seed
+    )
     train_loader = batch_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
     val_loader = batch_loader(TensorImageDataset(train_all.subset(val_idx), CIFAR_MEAN, CIFAR_STD), 1000)
     test_loader = batch_loader(TensorImageDataset(test, CIFAR_MEAN, CIFAR_STD), 1000)
@@ -80,8 +82,11 @@ def main() -> None:
             optimizer.step()
             scheduler.step()
         val_acc = accuracy(model, val_loader)
-        print(f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} val_acc {val_acc:.4f} "
-              f"elapsed {time.time() - start:.0f}s", flush=True)
+        print(
+            f"epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} val_acc {val_acc:.4f} "
+            f"elapsed {time.time() - start:.0f}s",
+            flush=True,
+        )
     train_time = time.time() - start
     test_acc = accuracy(model, test_loader)
     out = Path(args.out)
@@ -91,7 +96,8 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "arch": "resnet20 (CifarResNet depth=20, option-A shortcuts)",
         "seed": args.seed,
-        "split": f"stratified_split(cifar10/train targets, 0.1, seed={args.split_seed}): 45,000 train / 5,000 val",
+        "split": f"stratified_split(cifar10/train targets, 0.1, seed={args.split_seed}): "
+        "45,000 train / 5,000 val",
         "normalisation": {"mean": CIFAR_MEAN, "std": CIFAR_STD},
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,10 +118,14 @@ def _decode_cached(
     if cache_file.exists():
         images, cached_targets, cached_classes = torch.load(cache_file, weights_only=True).values()
         return ImageTensors(images, cached_targets, list(cached_classes))
-    decoded = [
-        decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        for path in tqdm(files, desc=f"Decoding {root.name}", disable=not progress)
-    ]
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders for torchcodec's; they are still the fastest
+        # decoder a torchvision install is sure to have, and run once per folder (then cached).
+        warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+        decoded = [
+            decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            for path in tqdm(files, desc=f"Decoding {root.name}", disable=not progress)
+        ]
     shapes = {tuple(img.shape) for img in decoded}
     if len(shapes) != 1:
         raise ValueError(f"Images under {root} have different sizes {sorted(shapes)}; resize them first.")

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -418,6 +419,17 @@ class DEUP(PostProcessing):
         strata: Tensor,
         weight: Tensor,
     ) -> ErrorPredictor:
+        with _single_thread():
+            return self._cross_fit_single_thread(make_g, x, log_target, strata, weight)
+
+    def _cross_fit_single_thread(
+        self,
+        make_g: Callable[[], ErrorPredictor],
+        x: Tensor,
+        log_target: Tensor,
+        strata: Tensor,
+        weight: Tensor,
+    ) -> ErrorPredictor:
         generator = torch.Generator().manual_seed(self.seed)
         folds = stratified_folds(strata, self.num_folds, generator)
         oof = torch.empty(len(x))
@@ -507,6 +519,18 @@ class DEUP(PostProcessing):
         deup.g_.eval()
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
         return deup
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """``g`` is tiny: intra-op threads only add synchronisation, and on a busy CPU they made its
+    training 40x slower (367 s instead of 9 s for the CIFAR-10 fit, measured on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _plain(outputs: ModelOutputs) -> ModelOutputs:

@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             "spread": {k: v.std().item() for k, v in stacked.items()},
         }
     )
+    forward_per_1000 = (times["test"] + times["svhn"]) / (len(sets["test"][1]) + len(sets["svhn"][1])) * 1000
+    overhead = 100 * rows[-1]["score ms/1k"] / 1000 / forward_per_1000
+    print(f"DEUP scoring adds {overhead:.1f}% to the base model's forward pass")
     forward_train_val = times["train"] + times["val"]
     print(
         f"DEUP fit incl. training pass: {(forward_train_val + rows[-1]['fit s']) / forward_train_val:.2f}x "

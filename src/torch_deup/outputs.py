@@ -92,6 +92,22 @@ class OutputCapture:
         return ModelOutputs(logits, embedding)
 
 
+def class_logits(logits: Tensor) -> Tensor:
+    """``(N, C)`` logits with ``C >= 2``: a single logit ``l`` becomes ``[0, l]`` (binary model)."""
+    if logits.ndim != 2:
+        raise ValueError(
+            f"Expected logits of shape (N, C), but got shape {tuple(logits.shape)}. "
+            "Reshape a 1-D binary logit to (N, 1)."
+        )
+    logits = logits.float()
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over classes; a single logit is a binary model, returned as ``[1 - p, p]``."""
+    return class_logits(logits).softmax(dim=1)
+
+
 def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     """Check that a loader batch is ``(inputs, targets)`` and return it."""
     if not isinstance(batch, tuple | list) or len(batch) != 2:

@@ -1,7 +1,7 @@
 """Feature extractors: what DEUP's error predictor and the OOD criteria read from model outputs."""
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
-from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs, class_probabilities
+from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 
 __all__ = [
     "Embedding",
@@ -10,5 +10,4 @@ __all__ = [
     "OutputStatistics",
     "RegressionOutputs",
     "check_is_fitted",
-    "class_probabilities",
 ]

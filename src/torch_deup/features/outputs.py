@@ -8,15 +8,8 @@ import torch
 from torch import Tensor
 
 from torch_deup.features.base import FeatureExtractor
-from torch_deup.outputs import ModelOutputs
-
-
-def class_probabilities(logits: Tensor) -> Tensor:
-    """Softmax over classes; a single logit is a binary model, returned as ``[1 - p, p]``."""
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits)
-        return torch.cat([1 - p, p], dim=1)
-    return logits.softmax(dim=1)
+from torch_deup.features.density import require_embedding
+from torch_deup.outputs import ModelOutputs, class_logits, class_probabilities
 
 
 class OutputStatistics(FeatureExtractor):
@@ -41,7 +34,7 @@ class OutputStatistics(FeatureExtractor):
         top2 = probs.topk(2, dim=1).values
         log_probs = probs.clamp_min(1e-12).log()
         entropy = -(probs * log_probs).sum(1) / math.log(probs.shape[1])
-        binary_logits = torch.cat([torch.zeros_like(logits), logits], 1) if logits.shape[1] == 1 else logits
+        binary_logits = class_logits(logits)
         columns = [
             binary_logits.max(1).values,
             top2[:, 0],
@@ -75,10 +68,4 @@ class Embedding(FeatureExtractor):
     needs_embedding = True
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        if outputs.embedding is None:
-            raise ValueError(
-                "Embedding features need the penultimate embedding, but the outputs carry none. "
-                "Collect outputs with torch_deup.outputs.OutputCapture, which keeps the last linear "
-                "layer's input."
-            )
-        return outputs.embedding.float()
+        return require_embedding(outputs, self).float()

@@ -11,18 +11,7 @@ import torch
 from torch import Tensor
 
 from torch_deup.ood_criteria.base import OODCriterion
-from torch_deup.outputs import ModelOutputs
-
-
-def class_logits(logits: Tensor) -> Tensor:
-    """``(N, C)`` logits with ``C >= 2``: a single logit ``l`` becomes ``[0, l]`` (binary model)."""
-    if logits.ndim != 2:
-        raise ValueError(
-            f"Expected logits of shape (N, C), but got shape {tuple(logits.shape)}. "
-            "Reshape a 1-D binary logit to (N, 1)."
-        )
-    logits = logits.float()
-    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+from torch_deup.outputs import ModelOutputs, class_logits
 
 
 class MaxSoftmaxCriterion(OODCriterion):

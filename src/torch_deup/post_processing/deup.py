@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError
-from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs, class_probabilities
-from torch_deup.outputs import ModelOutputs, collect_outputs
+from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
+from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 
 TASKS = ("classification", "regression")
@@ -409,20 +409,10 @@ class DEUP(PostProcessing):
         make_g = partial(
             ErrorPredictor, x.shape[1], self.hidden_dim, self.scaler_.low, self.scaler_.high, directions
         )
-        self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
+        with _single_thread():
+            self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
 
     def _cross_fit(
-        self,
-        make_g: Callable[[], ErrorPredictor],
-        x: Tensor,
-        log_target: Tensor,
-        strata: Tensor,
-        weight: Tensor,
-    ) -> ErrorPredictor:
-        with _single_thread():
-            return self._cross_fit_single_thread(make_g, x, log_target, strata, weight)
-
-    def _cross_fit_single_thread(
         self,
         make_g: Callable[[], ErrorPredictor],
         x: Tensor,

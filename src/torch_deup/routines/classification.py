@@ -19,10 +19,9 @@ from torch.optim import Optimizer
 from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric
 
-from torch_deup.features.outputs import class_probabilities
 from torch_deup.metrics import params
 from torch_deup.ood_criteria import OODCriterion, get_criterion
-from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs, split_batch
+from torch_deup.outputs import ModelOutputs, OutputCapture, class_probabilities, collect_outputs, split_batch
 from torch_deup.post_processing import PostProcessing
 from torch_deup.routines.evaluation import EvaluationMetrics
 from torch_deup.routines.metric_keys import COMPLEXITY, metric_key

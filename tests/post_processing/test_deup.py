@@ -240,3 +240,14 @@ def test_regression_target_shape_mismatch_is_refused():
 def test_scoring_before_fit_raises_not_fitted():
     with pytest.raises(NotFittedError, match="not fitted yet"):
         DEUP(model=mlp())(torch.randn(2, 4))
+
+
+def test_fit_leaves_the_extractors_passed_as_parameters_unfitted():
+    from torch_deup.features.distance import KNNDistance
+
+    knn = KNNDistance(k=5)
+    deup = DEUP(model=mlp(), features=[knn], held_out_classes=0, **FAST).fit(
+        loader(), train_loader=loader(n=120)
+    )
+    assert not hasattr(knn, "bank_")
+    assert deup.features_[0].bank_.shape == (120, 16)

@@ -31,6 +31,7 @@ features did not capture (``benchmarks/deup_targets.py`` measures both).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,9 +48,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError
+from torch_deup.features.density import GaussianDensity
+from torch_deup.features.distance import KNNDistance
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
+from torch_deup.post_processing.held_out_classes import held_out_class_rows
 
 TASKS = ("classification", "regression")
 TARGETS = ("error", "oof")
@@ -322,9 +326,6 @@ class DEUP(PostProcessing):
             return [RegressionOutputs(), Embedding()]
         if num_train == 0:
             return [OutputStatistics(include_logits=True), Embedding()]
-        from torch_deup.features.density import GaussianDensity
-        from torch_deup.features.distance import KNNDistance
-
         return [OutputStatistics(), GaussianDensity(), KNNDistance(k=max(1, min(50, num_train // 10)))]
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
@@ -374,8 +375,9 @@ class DEUP(PostProcessing):
                 f"{len(cal_targets)}. Give more calibration data or lower `num_folds`."
             )
         errors = per_sample_errors(self.task, cal_outputs.logits, cal_targets)
+        # copies: fitting must not change the extractors the user passed as a parameter
         features = (
-            list(self.features)
+            [copy.deepcopy(f) for f in self.features]
             if self.features is not None
             else self.default_features(0 if train is None else len(train[1]))
         )
@@ -391,8 +393,6 @@ class DEUP(PostProcessing):
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         if train is not None and self.task == "classification" and self.held_out_classes > 0:
-            from torch_deup.post_processing.held_out_classes import held_out_class_rows
-
             extra_x, extra_errors = held_out_class_rows(
                 features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
             )

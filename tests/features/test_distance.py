@@ -61,11 +61,25 @@ def test_knn_state_dict_round_trip_is_bit_exact(train, queries, tmp_path):
 
 def test_knn_k_larger_than_bank_is_rejected(train):
     outputs, targets = train
-    with pytest.raises(ValueError, match=r"at most the number of training embeddings \(60\), but got k=61"):
+    with pytest.raises(ValueError, match=r"embeddings in the bank \(60\), but got k=61"):
         KNNDistance(k=61).fit(outputs, targets)
 
 
-@pytest.mark.parametrize("name", ["k", "query_chunk_size", "bank_chunk_size"])
+def test_knn_bank_size_keeps_a_seeded_subset_of_the_training_embeddings(train):
+    outputs, targets = train
+    a = KNNDistance(k=3, bank_size=20, seed=1).fit(outputs, targets)
+    b = KNNDistance(k=3, bank_size=20, seed=1).fit(outputs, targets)
+    assert a.bank_.shape[0] == 20
+    assert torch.equal(a.bank_, b.bank_)
+    full = KNNDistance(k=3).fit(outputs, targets).bank_
+    # every kept row is a training row
+    exact = torch.cdist(a.bank_, full, compute_mode="donot_use_mm_for_euclid_dist")
+    assert exact.min(dim=1).values.max() < 1e-6
+    with pytest.raises(ValueError, match=r"in the bank \(20\), but got k=21"):
+        KNNDistance(k=21, bank_size=20).fit(outputs, targets)
+
+
+@pytest.mark.parametrize("name", ["k", "query_chunk_size", "bank_chunk_size", "bank_size"])
 def test_knn_non_positive_sizes_are_rejected(train, name):
     outputs, targets = train
     with pytest.raises(ValueError, match=f"`{name}` to be an integer of at least 1, but got 0"):

@@ -319,14 +319,18 @@ class DEUP(PostProcessing):
 
     # ----------------------------------------------------------------------------- fitting
     def default_features(self, num_train: int) -> list[FeatureExtractor]:
-        """Output statistics plus, with ``num_train`` training outputs, density and distance to
-        the training embeddings (k of the KNN: 50, at most a tenth of the bank); without them,
-        the embedding itself."""
+        """Output statistics plus, with ``num_train`` training outputs, the Gaussian density of
+        the training embeddings and the KNN distance to a random fifth of them (at least 1,000);
+        without them, the embedding itself."""
         if self.task == "regression":
             return [RegressionOutputs(), Embedding()]
         if num_train == 0:
             return [OutputStatistics(include_logits=True), Embedding()]
-        return [OutputStatistics(), GaussianDensity(), KNNDistance(k=max(1, min(50, num_train // 10)))]
+        # a 20% bank (k scaled to 10) costs a fifth of the full one to score, and on the held-out-class
+        # proxy of benchmarks/select_deup.py lost 0.2 AUROC points against it (95.57 vs 95.80)
+        bank = min(num_train, max(1000, num_train // 5))
+        knn = KNNDistance(k=max(1, min(10, bank // 10)), bank_size=bank, seed=self.seed)
+        return [OutputStatistics(), GaussianDensity(), knn]
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         model = self._require_model()

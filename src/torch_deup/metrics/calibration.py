@@ -97,7 +97,33 @@ def adaptive_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = N_B
     return _adaptive_ece_compute(*top_label(probs, targets), n_bins)
 
 
-class AdaptiveCalibrationError(Metric):
+class TopLabelMetric(Metric):
+    """Base of the calibration metrics that keep each sample's top-label confidence and
+    correctness; subclasses compute from :meth:`_state`."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    confidence: list[Tensor]
+    correct: list[Tensor]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("confidence", default=[], dist_reduce_fx="cat")
+        self.add_state("correct", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: Tensor, targets: Tensor) -> None:
+        """Add a batch: ``probs`` (N, C) softmax outputs, ``targets`` (N,) class indices."""
+        confidence, correct = top_label(probs, targets)
+        self.confidence.append(confidence)
+        self.correct.append(correct)
+
+    def _state(self) -> tuple[Tensor, Tensor]:
+        return cat_state(self.confidence, self.device), cat_state(self.correct, self.device)
+
+
+class AdaptiveCalibrationError(TopLabelMetric):
     """Adaptive (equal-mass) ECE; ``update(probs, targets)``.
 
     Example:
@@ -108,26 +134,10 @@ class AdaptiveCalibrationError(Metric):
         tensor(0.2500)
     """
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    confidence: list[Tensor]
-    correct: list[Tensor]
-
     def __init__(self, n_bins: int = N_BINS, **kwargs: Any) -> None:
         _check_n_bins(n_bins)
         super().__init__(**kwargs)
         self.n_bins = n_bins
-        self.add_state("confidence", default=[], dist_reduce_fx="cat")
-        self.add_state("correct", default=[], dist_reduce_fx="cat")
-
-    def update(self, probs: Tensor, targets: Tensor) -> None:
-        """Add a batch: ``probs`` (N, C) softmax outputs, ``targets`` (N,) class indices."""
-        confidence, correct = top_label(probs, targets)
-        self.confidence.append(confidence)
-        self.correct.append(correct)
 
     def compute(self) -> Tensor:
-        confidence, correct = cat_state(self.confidence, self.device), cat_state(self.correct, self.device)
-        return _adaptive_ece_compute(confidence, correct, self.n_bins)
+        return _adaptive_ece_compute(*self._state(), self.n_bins)

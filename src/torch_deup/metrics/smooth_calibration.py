@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from torch_deup.metrics._checks import cat_state, nan_with_warning
-from torch_deup.metrics.calibration import top_label
+from torch_deup.metrics._checks import nan_with_warning
+from torch_deup.metrics.calibration import TopLabelMetric, top_label
 
 MIN_BANDWIDTH = 1e-3
 _NODES_PER_SIGMA = 20
@@ -115,7 +114,7 @@ def smooth_ece(probs: Tensor, targets: Tensor, bandwidth: float | None = None) -
     return _smece_compute(*top_label(probs, targets), bandwidth)
 
 
-class SmoothCalibrationError(Metric):
+class SmoothCalibrationError(TopLabelMetric):
     """Smooth ECE (fixed-point bandwidth by default); ``update(probs, targets)``.
 
     Example:
@@ -125,26 +124,10 @@ class SmoothCalibrationError(Metric):
         tensor(0.2000)
     """
 
-    is_differentiable = False
-    higher_is_better = False
-    full_state_update = False
-
-    confidence: list[Tensor]
-    correct: list[Tensor]
-
     def __init__(self, bandwidth: float | None = None, **kwargs: Any) -> None:
         _check_bandwidth(bandwidth)
         super().__init__(**kwargs)
         self.bandwidth = bandwidth
-        self.add_state("confidence", default=[], dist_reduce_fx="cat")
-        self.add_state("correct", default=[], dist_reduce_fx="cat")
-
-    def update(self, probs: Tensor, targets: Tensor) -> None:
-        """Add a batch: ``probs`` (N, C) softmax outputs, ``targets`` (N,) class indices."""
-        confidence, correct = top_label(probs, targets)
-        self.confidence.append(confidence)
-        self.correct.append(correct)
 
     def compute(self) -> Tensor:
-        confidence, correct = cat_state(self.confidence, self.device), cat_state(self.correct, self.device)
-        return _smece_compute(confidence, correct, self.bandwidth)
+        return _smece_compute(*self._state(), self.bandwidth)

@@ -17,16 +17,18 @@ the model's outputs for an input to the loss the model incurs there. Read top to
 4. K stratified, shuffled folds: K predictors trained on K-1 folds give out-of-fold (OOF)
    predictions. They measure how well ``g`` generalises (``oof_spearman_``) and fix the number of
    epochs for the final ``g``, which is trained on all rows (nothing left out for early stopping).
-5. ``g`` is an MLP with a linear skip and a softplus output, so ``g(x) >= 0`` and, through the skip,
-   it extrapolates monotonically past the range of the training rows instead of flattening out.
-   It is trained on standardised features with a loss in log space, because cross-entropy errors
+5. ``g`` (:class:`ErrorPredictor`) is the softplus of an MLP on range-clipped features plus a
+   linear term, non-negative in the OOD direction, on the density/distance columns: ``g(x) >= 0``,
+   and it grows monotonically as inputs move away from the training data instead of flattening
+   out. It is trained on symlog-standardised features with a loss in log space, because errors
    are heavy-tailed (most near 0, a few above 5): a squared loss on raw errors is dominated by
    the few largest ones and ranks the rest poorly.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
 out-of-sample targets here; OOF predictions are a smoothed copy that can only lose information the
-features did not capture (``benchmarks/deup_targets.py`` measures both).
+features did not capture (``benchmarks/select_deup.py '{"target": "oof"}'`` measures both without
+test data).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    need the training split (densities, distances) are fitted on the training outputs.
 3. When training outputs are given, the *held-out-class* protocol
    (:mod:`torch_deup.post_processing.held_out_classes`) adds rows that show ``g`` what an error looks
-   like on a class the model's cheap parts have never seen: without them ``g`` only learns "low
-   confidence means error" and scores confidently-wrong OOD inputs as safe.
+   like on a class the density/distance extractors have never seen: without them ``g`` only learns
+   "low confidence means error" and scores confidently-wrong OOD inputs as safe.
 4. K stratified, shuffled folds: K predictors trained on K-1 folds give out-of-fold (OOF)
    predictions. They measure how well ``g`` generalises (``oof_spearman_``) and fix the number of
    epochs for the final ``g``, which is trained on all rows (nothing left out for early stopping).
@@ -236,7 +236,7 @@ class DEUP(PostProcessing):
             (see :meth:`default_features`).
         target: ``"error"`` or ``"oof"`` (see the module docstring).
         held_out_classes: number of class groups of the held-out-class protocol, used when
-            training outputs are given (``0`` disables it).
+            training outputs are given and a feature is fitted on them (``0`` disables it).
         held_out_weight: loss weight of each held-out-class row relative to a calibration row.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
@@ -398,7 +398,8 @@ class DEUP(PostProcessing):
         x = _feature_matrix(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
-        if train is not None and self.task == "classification" and self.held_out_classes > 0:
+        refits = any(f.needs_fit for f in features)
+        if train is not None and self.task == "classification" and self.held_out_classes > 0 and refits:
             extra_x, extra_errors = held_out_class_rows(
                 features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
             )

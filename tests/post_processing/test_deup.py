@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.reference_deup import fit_reference_deup
-from torch_deup.features import NotFittedError
+from torch_deup.features import DropoutVariance, NotFittedError
 from torch_deup.outputs import OutputCapture
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import per_sample_errors, stratified_folds
@@ -160,6 +160,19 @@ def test_save_load_with_fitted_extractors_is_bit_exact(tmp_path):
     reloaded = DEUP.load(tmp_path / "deup.pt", model=mlp())
     x = torch.randn(30, 4)
     assert torch.equal(deup(x), reloaded(x))
+
+
+def test_a_model_trained_with_dropout_adds_its_dropout_variance_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 3)).eval()
+    deup = DEUP(model=model, held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    variance = [f for f in deup.features_ if isinstance(f, DropoutVariance)]
+    assert len(variance) == 1
+    assert variance[0].p == 0.25
+    assert all(not isinstance(f, DropoutVariance) for f in DEUP(model=mlp()).default_features(120))
+    deup.save(tmp_path / "deup.pt")
+    x = torch.randn(30, 4)
+    assert torch.equal(deup(x), DEUP.load(tmp_path / "deup.pt", model=model)(x))
 
 
 def test_fit_inside_inference_mode_and_score_outputs_match_call():

@@ -2,8 +2,10 @@
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
+from torch_deup.features.variance import DropoutVariance
 
 __all__ = [
+    "DropoutVariance",
     "Embedding",
     "FeatureExtractor",
     "NotFittedError",

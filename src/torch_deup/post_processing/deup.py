@@ -53,6 +53,7 @@ from torch_deup.features.base import FeatureExtractor, NotFittedError
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
+from torch_deup.features.variance import DropoutVariance, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 from torch_deup.post_processing.held_out_classes import held_out_class_rows
@@ -323,16 +324,21 @@ class DEUP(PostProcessing):
     def default_features(self, num_train: int) -> list[FeatureExtractor]:
         """Output statistics plus, with ``num_train`` training outputs, the Gaussian density of
         the training embeddings and the KNN distance to a random fifth of them (at least 1,000);
-        without them, the embedding itself."""
+        without them, the embedding itself. A classifier trained with dropout adds its closed-form
+        last-layer MC-dropout variance (:class:`~torch_deup.features.variance.DropoutVariance`)."""
         if self.task == "regression":
             return [RegressionOutputs(), Embedding()]
         if num_train == 0:
-            return [OutputStatistics(include_logits=True), Embedding()]
-        # a 20% bank (k scaled to 10) costs a fifth of the full one to score, and on the held-out-class
-        # proxy of benchmarks/select_deup.py lost 0.2 AUROC points against it (95.57 vs 95.80)
-        bank = min(num_train, max(1000, num_train // 5))
-        knn = KNNDistance(k=max(1, min(10, bank // 10)), bank_size=bank, seed=self.seed)
-        return [OutputStatistics(), GaussianDensity(), knn]
+            features = [OutputStatistics(include_logits=True), Embedding()]
+        else:
+            # a 20% bank (k scaled to 10) costs a fifth of the full one to score, and on the
+            # held-out-class proxy of benchmarks/select_deup.py lost 0.2 AUROC points against it
+            bank = min(num_train, max(1000, num_train // 5))
+            knn = KNNDistance(k=max(1, min(10, bank // 10)), bank_size=bank, seed=self.seed)
+            features = [OutputStatistics(), GaussianDensity(), knn]
+        if self.model is not None and dropout_rate(self.model) > 0:
+            features.append(DropoutVariance.from_model(self.model))
+        return features
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         model = self._require_model()

@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torch_deup.features.variance import DropoutVariance, dropout_rate
+from torch_deup.outputs import ModelOutputs, OutputCapture
+
+
+def head_and_embedding(num_classes: int, seed: int = 0) -> tuple[nn.Linear, torch.Tensor]:
+    torch.manual_seed(seed)
+    return nn.Linear(6, num_classes), torch.randn(5, 6)
+
+
+def softmax_of(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities; a single logit l is the binary model [0, l]."""
+    if logits.shape[-1] == 1:
+        logits = torch.cat([torch.zeros_like(logits), logits], -1)
+    return F.softmax(logits, -1)
+
+
+def monte_carlo(head: nn.Linear, embedding: torch.Tensor, p: float, samples: int = 40_000):
+    """Logit variance and top-probability std over sampled dropout masks on the head's input."""
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(samples, *embedding.shape, generator=gen) > p).float() / (1 - p)
+    with torch.no_grad():
+        logits = head(embedding * masks)  # (S, N, C)
+        base = head(embedding)
+    probs = softmax_of(logits)
+    top_prob = probs.gather(-1, softmax_of(base).argmax(-1).expand(samples, -1)[..., None]).squeeze(-1)
+    return logits.var(0).sum(-1), top_prob.std(0)
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_logit_variance_matches_monte_carlo_dropout(num_classes):
+    head, embedding = head_and_embedding(num_classes)
+    with torch.no_grad():
+        outputs = ModelOutputs(head(embedding), embedding)
+    variance, _ = monte_carlo(head, embedding, p=0.3)
+    torch.testing.assert_close(DropoutVariance(head.weight, 0.3)(outputs)[:, 0], variance, rtol=0.03, atol=0)
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_probability_std_matches_monte_carlo_for_small_rates(num_classes):
+    # the delta method linearises the softmax, so it is exact in the limit of small perturbations
+    head, embedding = head_and_embedding(num_classes)
+    with torch.no_grad():
+        outputs = ModelOutputs(head(embedding), embedding)
+    _, std = monte_carlo(head, embedding, p=0.005)
+    torch.testing.assert_close(DropoutVariance(head.weight, 0.005)(outputs)[:, 1], std, rtol=0.06, atol=0)
+
+
+def test_from_model_reads_the_dropout_rate_and_the_head():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2))
+    extractor = DropoutVariance.from_model(model)
+    assert extractor.p == 0.2
+    assert torch.equal(extractor.weight, model[3].weight.detach())
+    with torch.no_grad():
+        features = extractor(OutputCapture(model.eval())(torch.randn(4, 3)))
+    assert features.shape == (4, 2)
+    assert (features > 0).all()
+
+
+def test_a_model_without_dropout_is_refused_unless_a_rate_is_given():
+    model = nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 2))
+    assert dropout_rate(model) == 0.0
+    with pytest.raises(ValueError, match=r"has no nn\.Dropout"):
+        DropoutVariance.from_model(model)
+    assert DropoutVariance.from_model(model, p=0.1).p == 0.1
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_rates_outside_the_open_interval_are_refused(p):
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        DropoutVariance(torch.ones(2, 3), p)
+
+
+def test_embedding_of_the_wrong_width_is_refused():
+    with pytest.raises(ValueError, match="fitted on 3-dimensional"):
+        DropoutVariance(torch.ones(2, 3), 0.5)(ModelOutputs(torch.zeros(1, 2), torch.ones(1, 4)))

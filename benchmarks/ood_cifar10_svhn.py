@@ -18,6 +18,7 @@ seeds: mean and spread. Writes ``--plot`` (OOD AUROC vs misclassification AUROC)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -42,13 +43,16 @@ BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
 
 
 def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
-    """Outputs of the four splits (cached in ``--cache``) and the forward times."""
+    """Outputs of the four splits (cached in ``--cache`` for this checkpoint) and the forward times."""
     cache = Path(args.cache) if args.cache else None
+    checkpoint_sha256 = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        return {
-            k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()
-        }, saved["times"]
+        if saved.get("checkpoint_sha256") == checkpoint_sha256:
+            return {
+                k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()
+            }, saved["times"]
+        print(f"{cache} holds another checkpoint's outputs: recomputing them")
     dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
     model = load_checkpoint(resnet(arch=20, num_classes=10), args.checkpoint).eval()
     loaders = {
@@ -67,7 +71,7 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
         payload = {
             k: {"logits": o.logits, "embedding": o.embedding, "targets": t} for k, (o, t) in sets.items()
         }
-        torch.save({"sets": payload, "times": times}, cache)
+        torch.save({"sets": payload, "times": times, "checkpoint_sha256": checkpoint_sha256}, cache)
     return sets, times
 
 

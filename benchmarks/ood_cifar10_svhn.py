@@ -39,7 +39,7 @@ from torch_deup.post_processing.deup import spearman
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
-BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
+BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "vim"]
 
 
 def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:

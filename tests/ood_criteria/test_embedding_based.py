@@ -4,7 +4,8 @@ import torch
 from torch_deup.features.base import NotFittedError
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, MahalanobisDistance
-from torch_deup.ood_criteria import GDACriterion, KNNCriterion, MahalanobisCriterion
+from torch_deup.features.subspace import ViMScore
+from torch_deup.ood_criteria import GDACriterion, KNNCriterion, MahalanobisCriterion, ViMCriterion
 from torch_deup.outputs import ModelOutputs
 
 
@@ -23,6 +24,7 @@ CASES = [
     (MahalanobisCriterion(), MahalanobisDistance(), 1.0),
     (KNNCriterion(k=7, normalize=False), KNNDistance(k=7, normalize=False), 1.0),
     (GDACriterion(), GaussianDensity(), -1.0),
+    (ViMCriterion(dim=2), ViMScore(dim=2), 1.0),
 ]
 
 
@@ -53,7 +55,9 @@ def test_knn_criterion_passes_its_arguments(train):
     assert (criterion.extractor_.k, criterion.extractor_.normalize) == (3, False)
 
 
-@pytest.mark.parametrize("criterion", [MahalanobisCriterion(), KNNCriterion(), GDACriterion()])
+@pytest.mark.parametrize(
+    "criterion", [MahalanobisCriterion(), KNNCriterion(), GDACriterion(), ViMCriterion()]
+)
 def test_unfitted_use_raises(criterion):
     with pytest.raises(NotFittedError, match=f"{type(criterion).__name__} instance is not fitted yet"):
         criterion(outputs_of(torch.zeros(2, 4)))

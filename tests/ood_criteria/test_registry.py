@@ -9,6 +9,7 @@ from torch_deup.ood_criteria import (
     MahalanobisCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
+    ViMCriterion,
     get_criterion,
 )
 
@@ -21,6 +22,7 @@ NAMES = {
     "mahalanobis": (MahalanobisCriterion, "Mahalanobis"),
     "knn": (KNNCriterion, "KNN"),
     "gda": (GDACriterion, "GDA"),
+    "vim": (ViMCriterion, "ViM"),
 }
 
 
@@ -39,7 +41,7 @@ def test_instance_passes_through():
 
 
 def test_unknown_name_lists_valid_ones():
-    expected = r"Unknown OOD criterion 'odin'\. Expected one of 'msp', 'logit', .*'gda'"
+    expected = r"Unknown OOD criterion 'odin'\. Expected one of 'msp', 'logit', .*'gda', 'vim'"
     with pytest.raises(ValueError, match=expected):
         get_criterion("odin")
 

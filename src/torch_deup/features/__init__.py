@@ -2,6 +2,7 @@
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
+from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "NotFittedError",
     "OutputStatistics",
     "RegressionOutputs",
+    "ViMScore",
     "check_is_fitted",
 ]

@@ -7,6 +7,7 @@ from torch_deup.ood_criteria.embedding_based import (
     GDACriterion,
     KNNCriterion,
     MahalanobisCriterion,
+    ViMCriterion,
 )
 from torch_deup.ood_criteria.output_based import (
     EnergyCriterion,
@@ -29,6 +30,7 @@ __all__ = [
     "MaxLogitCriterion",
     "MaxSoftmaxCriterion",
     "OODCriterion",
+    "ViMCriterion",
     "class_logits",
     "get_criterion",
 ]

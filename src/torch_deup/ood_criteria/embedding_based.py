@@ -1,4 +1,4 @@
-"""OOD criteria fitted on the training embeddings: Mahalanobis, k-NN distance and GDA density.
+"""OOD criteria fitted on the training embeddings: Mahalanobis, k-NN distance, GDA density, ViM.
 
 Each wraps one feature extractor of :mod:`torch_deup.features`, so the math lives in one place.
 """
@@ -13,6 +13,7 @@ from torch import Tensor
 from torch_deup.features.base import FeatureExtractor, check_is_fitted
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, MahalanobisDistance
+from torch_deup.features.subspace import ViMScore
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.outputs import ModelOutputs
 
@@ -96,3 +97,24 @@ class GDACriterion(FeatureCriterion):
 
     def make_extractor(self) -> FeatureExtractor:
         return GaussianDensity()
+
+
+class ViMCriterion(FeatureCriterion):
+    """Virtual-logit Matching (Wang et al. 2022): residual off the principal subspace minus energy.
+
+    Example:
+        >>> import torch
+        >>> z = torch.randn(100, 4)
+        >>> train = ModelOutputs(z @ torch.randn(4, 2), z)
+        >>> crit = ViMCriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "ViM"
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+
+    def make_extractor(self) -> FeatureExtractor:
+        return ViMScore(dim=self.dim)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.ood_criteria.deup import DEUPCriterion
-from torch_deup.ood_criteria.embedding_based import GDACriterion, KNNCriterion, MahalanobisCriterion
+from torch_deup.ood_criteria.embedding_based import (
+    GDACriterion,
+    KNNCriterion,
+    MahalanobisCriterion,
+    ViMCriterion,
+)
 from torch_deup.ood_criteria.output_based import (
     EnergyCriterion,
     EntropyCriterion,
@@ -21,6 +26,7 @@ CRITERIA: dict[str, type[OODCriterion]] = {
     "mahalanobis": MahalanobisCriterion,
     "knn": KNNCriterion,
     "gda": GDACriterion,
+    "vim": ViMCriterion,
 }
 
 

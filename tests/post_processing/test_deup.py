@@ -264,3 +264,23 @@ def test_fit_leaves_the_extractors_passed_as_parameters_unfitted():
     )
     assert not hasattr(knn, "bank_")
     assert deup.features_[0].bank_.shape == (120, 16)
+
+
+def test_error_predictor_is_flat_inside_the_calibration_range_and_grows_beyond_it():
+    from torch_deup.post_processing.deup import ErrorPredictor
+
+    low, high = torch.tensor([-1.0, -1.0, -1.0]), torch.tensor([1.0, 1.0, 1.0])
+    g = ErrorPredictor(3, 4, low, high, directions=torch.tensor([0.0, 1.0, -1.0]))
+    with torch.no_grad():
+        g.mlp[-1].weight.zero_()  # the MLP part is a constant: only the monotone term moves
+    inside = torch.tensor([[0.0, -0.5, 0.5], [0.9, 0.9, -0.9]])
+    distance_out = torch.tensor([[0.0, 2.0, 0.0], [0.0, 4.0, 0.0]])
+    density_out = torch.tensor([[0.0, 0.0, -2.0], [0.0, 0.0, -4.0]])
+    wrong_way = torch.tensor([[0.0, -5.0, 5.0]])  # far in the in-distribution direction
+    with torch.no_grad():
+        base = g(inside)
+        assert torch.equal(base[0], base[1])
+        assert torch.equal(g(wrong_way)[0], base[0])
+        for out in (distance_out, density_out):
+            scores = g(out)
+            assert base[0] < scores[0] < scores[1]

@@ -59,7 +59,8 @@ from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionO
 from torch_deup.features.variance import DropoutVariance, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
-from torch_deup.post_processing.held_out_classes import held_out_class_rows
+from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
+from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 
 TASKS = ("classification", "regression")
 TARGETS = ("error", "oof")
@@ -245,7 +246,10 @@ class DEUP(PostProcessing):
         target: ``"error"`` or ``"oof"`` (see the module docstring).
         held_out_classes: number of class groups of the held-out-class protocol, used when
             training outputs are given and a feature is fitted on them (``0`` disables it).
-        held_out_weight: loss weight of each held-out-class row relative to a calibration row.
+        held_out_weight: loss weight of each held-out-class or virtual-outlier row relative to a
+            calibration row.
+        virtual_outliers: virtual outliers (:mod:`torch_deup.post_processing.virtual_outliers`)
+            per calibration sample, used under the same conditions (``0`` disables them).
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -275,6 +279,7 @@ class DEUP(PostProcessing):
         target: str = "error",
         held_out_classes: int = 5,
         held_out_weight: float = 0.5,
+        virtual_outliers: float = 0.5,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -292,6 +297,7 @@ class DEUP(PostProcessing):
         self.target = target
         self.held_out_classes = held_out_classes
         self.held_out_weight = held_out_weight
+        self.virtual_outliers = virtual_outliers
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -311,6 +317,10 @@ class DEUP(PostProcessing):
             low = 2 if name == "num_folds" else 1
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {value!r}.")
+        if not isinstance(self.virtual_outliers, int | float) or not self.virtual_outliers >= 0:
+            raise ValueError(
+                f"Expected `virtual_outliers` to be a number >= 0, but got {self.virtual_outliers!r}."
+            )
         if not isinstance(self.held_out_classes, int) or self.held_out_classes < 0:
             raise ValueError(
                 f"Expected `held_out_classes` to be an integer >= 0, but got {self.held_out_classes!r}."
@@ -412,11 +422,19 @@ class DEUP(PostProcessing):
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         refits = any(f.needs_fit for f in features)
+        extra = []
         if train is not None and self.task == "classification" and self.held_out_classes > 0 and refits:
-            extra_x, extra_errors = held_out_class_rows(
-                features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
+            extra.append(
+                held_out_class_rows(
+                    features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
+                )
             )
-            # their own stratum, so every fold holds its share of held-out-class rows
+        num_virtual = round(self.virtual_outliers * len(cal_targets))
+        if train is not None and self.task == "classification" and num_virtual > 0 and refits:
+            cost = error_cost(cal_outputs, cal_targets, errors)
+            extra.append(virtual_outlier_rows(features, train, num_virtual, cost, self.seed))
+        for extra_x, extra_errors in extra:
+            # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
             x, errors = torch.cat([x, extra_x]), torch.cat([errors, extra_errors])
             weight = torch.cat([weight, torch.full((len(extra_x),), float(self.held_out_weight))])
@@ -495,7 +513,7 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
-        "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
+        "virtual_outliers", "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:

@@ -44,6 +44,12 @@ def class_groups(classes: Tensor, num_groups: int, seed: int) -> list[Tensor]:
     return [shuffled[k::num_groups] for k in range(num_groups)]
 
 
+def error_cost(cal_outputs: ModelOutputs, cal_targets: Tensor, errors: Tensor) -> float:
+    """The mean loss of the model's misclassified calibration samples (the largest loss if none)."""
+    wrong = cal_outputs.logits.argmax(1) != cal_targets
+    return float(errors[wrong].mean() if wrong.any() else errors.max())
+
+
 def held_out_class_rows(
     features: Sequence[FeatureExtractor],
     train: tuple[ModelOutputs, Tensor],
@@ -67,8 +73,7 @@ def held_out_class_rows(
     num_groups = min(num_groups, len(classes) - 1)
     if num_groups < 1:
         raise ValueError("The held-out-class protocol needs at least 2 classes in the training data.")
-    wrong = cal_outputs.logits.argmax(1) != cal_targets
-    error_cost = errors[wrong].mean() if wrong.any() else errors.max()
+    cost = error_cost(cal_outputs, cal_targets, errors)
     rows = []
     for group in class_groups(classes, num_groups, seed):
         held = torch.isin(cal_targets, group)
@@ -82,4 +87,4 @@ def held_out_class_rows(
         outputs = cal_outputs[held]
         rows.append(torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in refitted], dim=1))
     x = torch.cat(rows)
-    return x, torch.full((len(x),), float(error_cost))
+    return x, torch.full((len(x),), cost)

@@ -6,7 +6,7 @@ from torch_deup.features.distance import KNNDistance
 from torch_deup.features.outputs import OutputStatistics
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
-from torch_deup.post_processing.held_out_classes import class_groups, held_out_class_rows
+from torch_deup.post_processing.held_out_classes import class_groups, error_cost, held_out_class_rows
 
 
 def clustered(n_per_class: int, num_classes: int, seed: int) -> tuple[ModelOutputs, torch.Tensor]:
@@ -34,7 +34,8 @@ def test_rows_are_distances_to_the_other_classes_and_the_models_own_statistics()
     errors = F.cross_entropy(cal.logits, cal_y, reduction="none")
     features = [OutputStatistics(), KNNDistance(k=1, normalize=False)]
     features[1].fit(train, train_y)
-    x, targets = held_out_class_rows(features, (train, train_y), cal, cal_y, errors, num_groups=2, seed=0)
+    cost = error_cost(cal, cal_y, errors)
+    x, targets = held_out_class_rows(features, (train, train_y), cal, cal_y, cost, num_groups=2, seed=0)
 
     expected = []
     for group in class_groups(torch.arange(4), 2, seed=0):
@@ -54,7 +55,7 @@ def test_rows_need_a_fitted_extractor():
     train, train_y = clustered(10, 3, seed=0)
     cal, cal_y = clustered(4, 3, seed=1)
     with pytest.raises(ValueError, match="none of the features needs fitting"):
-        held_out_class_rows([OutputStatistics()], (train, train_y), cal, cal_y, torch.ones(12), 2, seed=0)
+        held_out_class_rows([OutputStatistics()], (train, train_y), cal, cal_y, 1.0, 2, seed=0)
 
 
 def test_deup_skips_the_protocol_when_no_feature_is_fitted_on_training_data():

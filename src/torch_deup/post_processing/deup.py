@@ -421,18 +421,18 @@ class DEUP(PostProcessing):
         x = _feature_matrix(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
-        refits = any(f.needs_fit for f in features)
         extra = []
-        if train is not None and self.task == "classification" and self.held_out_classes > 0 and refits:
-            extra.append(
-                held_out_class_rows(
-                    features, train, cal_outputs, cal_targets, errors, self.held_out_classes, self.seed
-                )
-            )
-        num_virtual = round(self.virtual_outliers * len(cal_targets))
-        if train is not None and self.task == "classification" and num_virtual > 0 and refits:
+        if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
             cost = error_cost(cal_outputs, cal_targets, errors)
-            extra.append(virtual_outlier_rows(features, train, num_virtual, cost, self.seed))
+            if self.held_out_classes > 0:
+                extra.append(
+                    held_out_class_rows(
+                        features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
+                    )
+                )
+            num_virtual = round(self.virtual_outliers * len(cal_targets))
+            if num_virtual > 0:
+                extra.append(virtual_outlier_rows(features, train, num_virtual, cost, self.seed))
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -480,7 +480,7 @@ class DEUP(PostProcessing):
             best_epochs.append(epoch)
             bar.update()
         self.oof_predictions_ = oof
-        calibration_rows = strata >= 0  # held-out-class rows have constant targets
+        calibration_rows = strata >= 0  # the extra rows (stratum -1) have constant targets
         self.oof_spearman_ = spearman(oof[calibration_rows], log_target[calibration_rows])
         self.final_epochs_ = max(1, round(float(torch.tensor(best_epochs, dtype=torch.float).median())))
         final_target = log_target if self.target == "error" else _log_target(oof)

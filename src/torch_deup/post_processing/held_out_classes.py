@@ -55,11 +55,12 @@ def held_out_class_rows(
     train: tuple[ModelOutputs, Tensor],
     cal_outputs: ModelOutputs,
     cal_targets: Tensor,
-    errors: Tensor,
+    cost: float,
     num_groups: int,
     seed: int,
 ) -> tuple[Tensor, Tensor]:
-    """Feature rows and error targets of every calibration sample with its class held out.
+    """Feature rows of every calibration sample with its class held out, each with target ``cost``
+    (:func:`error_cost`).
 
     Rows follow the order of ``class_groups``; within a group, the calibration order.
     """
@@ -73,7 +74,6 @@ def held_out_class_rows(
     num_groups = min(num_groups, len(classes) - 1)
     if num_groups < 1:
         raise ValueError("The held-out-class protocol needs at least 2 classes in the training data.")
-    cost = error_cost(cal_outputs, cal_targets, errors)
     rows = []
     for group in class_groups(classes, num_groups, seed):
         held = torch.isin(cal_targets, group)
@@ -87,4 +87,4 @@ def held_out_class_rows(
         outputs = cal_outputs[held]
         rows.append(torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in refitted], dim=1))
     x = torch.cat(rows)
-    return x, torch.full((len(x),), cost)
+    return x, torch.full((len(x),), float(cost))

@@ -7,9 +7,10 @@ Two classes (drawn with the draw's seed) play the OOD set: they are removed from
 outputs that detectors and DEUP are fitted on. The validation split's remaining classes are halved
 (stratified): DEUP is fitted on half A and scored on half B (ID) and on the validation images of
 the two removed classes (proxy OOD). Held-out classes are near OOD; for far OOD, synthetic inputs
-made from nothing but the validation images (uniform noise, and validation images with their pixel
-positions shuffled) are scored too. Prints proxy-OOD AUROC, synthetic-OOD AUROC, misclassification
-AUROC on half B and SCOD_AUGRC (with the held-out classes) for MSP, KNN, GDA, ViM and each DEUP
+made from nothing but the validation images (uniform noise; validation images with their pixels,
+or a 4 x 4 grid of their patches, shuffled; validation images at an eighth of their resolution) are
+scored too. Prints held-out-class AUROC, misclassification AUROC on half B, SCOD_AUGRC (with the
+held-out classes) and the AUROC on each synthetic kind for MSP, KNN, GDA, ViM and each DEUP
 configuration given as JSON, averaged over ``--draws`` draws of the held-out pair (each draw also
 reseeds the halves and DEUP).
 """
@@ -21,6 +22,8 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
@@ -33,6 +36,7 @@ from torch_deup.post_processing import DEUP
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+SYNTHETIC = ("noise", "pixels", "patches", "lowres")
 
 
 def proxy_task(sets: dict, draw: int) -> tuple:
@@ -47,41 +51,70 @@ def proxy_task(sets: dict, draw: int) -> tuple:
     return held, fit_set, train, (val_out[known[b]], val_y[known[b]]), val_out[torch.isin(val_y, held)]
 
 
-def synthetic_outputs(data: str, checkpoint: str, split_seed: int = 0, n: int = 1000) -> ModelOutputs:
-    """The model's outputs on ``n`` uniform-noise images and ``n`` pixel-shuffled validation images."""
+def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+    """Far-OOD images made from ID ``images`` (uint8, N x C x H x W) alone.
+
+    ``noise``: uniform pixels. ``pixels``: each image's pixel positions shuffled. ``patches``: each
+    image cut into a 4 x 4 grid of patches, shuffled (local image statistics kept, objects broken).
+    ``lowres``: downsampled 8x and upsampled back (colours and layout kept, no texture or edges).
+    """
+    n, c, h, w = images.shape
+    if kind == "noise":
+        return torch.randint(0, 256, images.shape, generator=generator, dtype=torch.uint8)
+    if kind == "pixels":
+        flat = images.flatten(2)
+        perm = torch.argsort(torch.rand(n, h * w, generator=generator), dim=1)
+        return flat.gather(2, perm[:, None].expand(-1, c, -1)).view_as(images)
+    if kind == "patches":
+        grid = images.unfold(2, h // 4, h // 4).unfold(3, w // 4, w // 4)  # n c 4 4 ph pw
+        tiles = grid.reshape(n, c, 16, h // 4, w // 4)
+        perm = torch.argsort(torch.rand(n, 16, generator=generator), dim=1)
+        tiles = tiles.gather(2, perm[:, None, :, None, None].expand_as(tiles))
+        return tiles.view(n, c, 4, 4, h // 4, w // 4).permute(0, 1, 2, 4, 3, 5).reshape(images.shape)
+    if kind == "lowres":
+        small = F.avg_pool2d(images.float(), 8)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    raise ValueError(f"Unknown corruption {kind!r}; expected one of {SYNTHETIC}.")
+
+
+def synthetic_outputs(
+    data: str, checkpoint: str, split_seed: int = 0, n: int = 1000
+) -> dict[str, ModelOutputs]:
+    """The model's outputs on ``n`` images of each :func:`corrupt` kind, made from validation images."""
     train = load_image_folder(f"{data}/train", progress=False)
     _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
-    gen = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     val = train.images[val_idx[:n]]
-    flat = val.flatten(2)
-    perm = torch.argsort(torch.rand(len(val), flat.shape[2], generator=gen), dim=1)
-    shuffled = flat.gather(2, perm[:, None].expand(-1, flat.shape[1], -1)).view_as(val)
-    noise = torch.randint(0, 256, val.shape, generator=gen, dtype=torch.uint8)
-    images = torch.cat([noise, shuffled])
-    dataset = TensorImageDataset(
-        type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes), CIFAR_MEAN, CIFAR_STD
-    )
     model = load_checkpoint(resnet(arch=20, num_classes=10), checkpoint).eval()
-    return collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
+    outputs = {}
+    for kind in SYNTHETIC:
+        images = corrupt(val, kind, generator)
+        tensors = type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes)
+        dataset = TensorImageDataset(tensors, CIFAR_MEAN, CIFAR_STD)
+        outputs[kind] = collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
+    return outputs
 
 
-def proxy_metrics(score, id_set: tuple, ood_out: ModelOutputs, far_out: ModelOutputs) -> torch.Tensor:
-    """Proxy-OOD AUROC, synthetic-OOD AUROC, misclassification AUROC and SCOD_AUGRC, in %."""
+def proxy_metrics(score, id_set: tuple, ood_out: ModelOutputs, far: dict[str, ModelOutputs]) -> Tensor:
+    """Held-out-class AUROC, misclassification AUROC, SCOD_AUGRC with the held-out classes and with
+    all synthetic kinds as the OOD set, then one AUROC per synthetic kind, in %."""
     id_out, id_y = id_set
-    s_id, s_ood, s_far = score(id_out), score(ood_out), score(far_out)
+    s_id = score(id_out)
     wrong = (id_out.logits.argmax(1) != id_y).float()
-    is_ood = torch.cat([torch.zeros(len(id_y)), torch.ones(len(ood_out))])
-    is_far = torch.cat([torch.zeros(len(id_y)), torch.ones(len(far_out))])
-    losses = scod_losses(torch.cat([wrong, torch.zeros(len(ood_out))]), is_ood, 0.5)
-    s = torch.cat([s_id, s_ood])
-    return 100 * torch.tensor(
-        [
-            ood_auroc(s, is_ood),
-            ood_auroc(torch.cat([s_id, s_far]), is_far),
-            ood_auroc(s_id, wrong),
-            augrc(s, losses),
-        ]
-    )
+
+    def against_id(s_ood: Tensor) -> tuple[float, float]:
+        is_ood = torch.cat([torch.zeros(len(s_id)), torch.ones(len(s_ood))])
+        s, losses = (
+            torch.cat([s_id, s_ood]),
+            scod_losses(torch.cat([wrong, torch.zeros(len(s_ood))]), is_ood, 0.5),
+        )
+        return ood_auroc(s, is_ood), augrc(s, losses)
+
+    near_auroc, near_scod = against_id(score(ood_out))
+    s_far = {kind: score(outputs) for kind, outputs in far.items()}
+    _, far_scod = against_id(torch.cat(list(s_far.values())))
+    far_aurocs = [against_id(s)[0] for s in s_far.values()]
+    return 100 * torch.tensor([near_auroc, ood_auroc(s_id, wrong), near_scod, far_scod, *far_aurocs])
 
 
 def main() -> None:
@@ -95,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(1)
     saved = torch.load(args.outputs, weights_only=True)
     sets = {k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()}
-    far_out = synthetic_outputs(args.data, args.checkpoint)
+    far = synthetic_outputs(args.data, args.checkpoint)
     baselines = ["msp", "knn", "gda", "vim"]
     names = baselines + [f"DEUP {c}" for c in args.configs]
     results = {name: [] for name in names}
@@ -107,20 +140,22 @@ def main() -> None:
             criterion = get_criterion(name)
             if criterion.needs_fit:
                 criterion.fit(*train)
-            results[name].append(proxy_metrics(criterion, id_set, ood_out, far_out))
+            results[name].append(proxy_metrics(criterion, id_set, ood_out, far))
         for config, name in zip(args.configs, names[len(baselines) :], strict=True):
             start = time.perf_counter()
             kwargs = {"seed": draw, **json.loads(config)}
             deup = DEUP(progress=False, **kwargs).fit_outputs(*fit_set, *train)
             fit_times[name] += time.perf_counter() - start
-            results[name].append(proxy_metrics(deup.score_outputs, id_set, ood_out, far_out))
-    print(f"\nmean over {args.draws} draws (std across draws)")
+            results[name].append(proxy_metrics(deup.score_outputs, id_set, ood_out, far))
+    kinds = ", ".join(SYNTHETIC)
+    print(f"\nmean over {args.draws} draws (std across draws); synthetic = mean AUROC of {kinds}")
     for name in names:
         m = torch.stack(results[name])
-        mean, std = m.mean(0), m.std(0) if len(m) > 1 else torch.zeros(4)
+        mean, std = m.mean(0), m.std(0) if len(m) > 1 else torch.zeros(m.shape[1])
+        kinds = " ".join(f"{v:5.1f}" for v in mean[4:])
         print(
-            f"{name:<48} proxy-OOD AUROC {mean[0]:6.2f}±{std[0]:4.2f}  synthetic {mean[1]:6.2f}"
-            f"  mis AUROC {mean[2]:6.2f}±{std[2]:4.2f}  SCOD_AUGRC {mean[3]:6.3f}"
+            f"{name:<40} held-out AUROC {mean[0]:6.2f}±{std[0]:4.2f}  mis AUROC {mean[1]:6.2f}±{std[1]:4.2f}"
+            f"  SCOD_AUGRC near {mean[2]:6.3f} far {mean[3]:6.3f}  synthetic {mean[4:].mean():6.2f} ({kinds})"
             f"  fit {fit_times[name] / args.draws:.1f}s",
             flush=True,
         )

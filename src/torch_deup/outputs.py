@@ -6,7 +6,7 @@ so an evaluation loop runs the base model once per batch and every consumer shar
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,29 +18,34 @@ from tqdm.auto import tqdm
 
 @dataclass
 class ModelOutputs:
-    """Logits ``(N, C)`` (or regression outputs) and the penultimate embedding ``(N, D)``.
+    """Logits ``(N, C)`` (or regression outputs), the penultimate embedding ``(N, D)`` and, for a
+    :class:`~torch_deup.models.ensemble.DeepEnsemble`, each member's logits ``(N, M, C)``.
 
-    ``embedding`` is the input of the model's last ``nn.Linear``; ``None`` when not captured.
+    ``embedding`` is the input of the model's last ``nn.Linear`` (an ensemble's members' inputs,
+    concatenated); ``None`` when not captured. ``members`` is ``None`` for a single model.
     """
 
     logits: Tensor
     embedding: Tensor | None = None
+    members: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
 
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> ModelOutputs:
+        emb = None if self.embedding is None else fn(self.embedding)
+        members = None if self.members is None else fn(self.members)
+        return ModelOutputs(fn(self.logits), emb, members)
+
     def __getitem__(self, index: Tensor | slice) -> ModelOutputs:
         """The outputs of a subset of samples."""
-        emb = None if self.embedding is None else self.embedding[index]
-        return ModelOutputs(self.logits[index], emb)
+        return self._map(lambda t: t[index])
 
     def detach(self) -> ModelOutputs:
-        emb = None if self.embedding is None else self.embedding.detach()
-        return ModelOutputs(self.logits.detach(), emb)
+        return self._map(Tensor.detach)
 
     def to(self, device: Any) -> ModelOutputs:
-        emb = None if self.embedding is None else self.embedding.to(device)
-        return ModelOutputs(self.logits.to(device), emb)
+        return self._map(lambda t: t.to(device))
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -58,7 +63,8 @@ class OutputCapture:
     """Runs a model and returns :class:`ModelOutputs`, the embedding taken by a forward hook.
 
     The hook reads the input of the last linear layer during the normal forward, so capturing the
-    embedding costs no second pass.
+    embedding costs no second pass. For a :class:`~torch_deup.models.ensemble.DeepEnsemble`, hooks
+    on every member record its logits and its head's input, in the ensemble's own forward.
 
     Example:
         >>> import torch
@@ -69,27 +75,39 @@ class OutputCapture:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.head = last_linear(model)
-        self._embedding: Tensor | None = None
+        from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
 
-    def _hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        self._embedding = args[0].flatten(1)
+        self.model = model
+        self.members = list(model.members) if isinstance(model, DeepEnsemble) else []
+        self.heads = [last_linear(m) for m in self.members] if self.members else [last_linear(model)]
+        self._embeddings: list[Tensor] = []
+        self._member_logits: list[Tensor] = []
+
+    def _embedding_hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        self._embeddings.append(args[0].flatten(1))
+
+    def _member_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        self._member_logits.append(output)
 
     @contextmanager
     def hooked(self) -> Iterator[None]:
-        handle = self.head.register_forward_pre_hook(self._hook)
+        handles = [head.register_forward_pre_hook(self._embedding_hook) for head in self.heads]
+        handles += [member.register_forward_hook(self._member_hook) for member in self.members]
         try:
             yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def __call__(self, x: Tensor) -> ModelOutputs:
-        self._embedding = None
+        self._embeddings, self._member_logits = [], []
         with self.hooked():
             logits = self.model(x)
-        embedding, self._embedding = self._embedding, None
-        return ModelOutputs(logits, embedding)
+        # a head called more than once per forward would leave extra entries: keep each head's last
+        embedding = torch.cat(self._embeddings[-len(self.heads) :], dim=1) if self._embeddings else None
+        members = torch.stack(self._member_logits, dim=1) if self.members else None
+        self._embeddings, self._member_logits = [], []
+        return ModelOutputs(logits, embedding, members)
 
 
 def class_logits(logits: Tensor) -> Tensor:
@@ -136,13 +154,19 @@ def collect_outputs(
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     capture = OutputCapture(model)
-    logits, embeddings, targets = [], [], []
+    outputs, targets = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y = split_batch(batch)
-        out = capture(x.to(device))
-        logits.append(out.logits.float().cpu())
-        embeddings.append(out.embedding.float().cpu())
+        outputs.append(capture(x.to(device)).detach()._map(lambda t: t.float().cpu()))
         targets.append(y.cpu())
-    if not logits:
+    if not outputs:
         raise ValueError("The loader yielded no batch: it is empty. Pass a loader with at least one sample.")
-    return ModelOutputs(torch.cat(logits), torch.cat(embeddings)), torch.cat(targets)
+    return concat_outputs(outputs), torch.cat(targets)
+
+
+def concat_outputs(outputs: Sequence[ModelOutputs]) -> ModelOutputs:
+    """Concatenate batches of outputs along the sample dimension."""
+    first = outputs[0]
+    emb = None if first.embedding is None else torch.cat([o.embedding for o in outputs])
+    members = None if first.members is None else torch.cat([o.members for o in outputs])
+    return ModelOutputs(torch.cat([o.logits for o in outputs]), emb, members)

@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torch_deup.features.variance import DropoutVariance, dropout_rate
+from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, OutputCapture
 
 
@@ -76,3 +77,25 @@ def test_rates_outside_the_open_interval_are_refused(p):
 def test_embedding_of_the_wrong_width_is_refused():
     with pytest.raises(ValueError, match="fitted on 3-dimensional"):
         DropoutVariance(torch.ones(2, 3), 0.5)(ModelOutputs(torch.zeros(1, 2), torch.ones(1, 4)))
+
+
+def test_ensemble_disagreement_matches_its_formula():
+    torch.manual_seed(0)
+    members = torch.randn(9, 4, 3) * 3
+    probs = members.softmax(2).double().numpy()
+    mean = probs.mean(1)
+    entropy = lambda p: -(p * np.log(p)).sum(-1)  # noqa: E731
+    expected_mi = entropy(mean) - entropy(probs).mean(1)
+    top = mean.argmax(1)
+    expected_std = probs[np.arange(9), :, top].std(1, ddof=1)
+    got = EnsembleDisagreement()(ModelOutputs(torch.zeros(9, 3), members=members))
+    np.testing.assert_allclose(got[:, 0].numpy(), expected_mi, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[:, 1].numpy(), expected_std, rtol=1e-4, atol=1e-6)
+
+
+def test_ensemble_disagreement_is_zero_when_members_agree_and_needs_members():
+    same = torch.randn(5, 1, 3).expand(5, 4, 3)
+    disagreement = EnsembleDisagreement()(ModelOutputs(torch.zeros(5, 3), members=same))
+    assert torch.allclose(disagreement, torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="DeepEnsemble"):
+        EnsembleDisagreement()(ModelOutputs(torch.zeros(5, 3)))

@@ -8,6 +8,7 @@ from torch_deup.ood_criteria import (
     EntropyCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
+    MutualInformationCriterion,
     class_logits,
 )
 from torch_deup.outputs import ModelOutputs
@@ -84,3 +85,12 @@ def test_output_criteria_need_no_fit():
     assert not criterion.needs_fit
     assert criterion.fitted
     assert criterion.fit(ModelOutputs(LOGITS), torch.zeros(4)) is criterion
+
+
+def test_mutual_information_is_the_entropy_of_the_mean_minus_the_mean_entropy():
+    members = torch.tensor([[[2.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [1.0, 0.0]]])
+    p = torch.sigmoid(torch.tensor(2.0))
+    h = lambda q: -(q * math.log(q) + (1 - q) * math.log(1 - q))  # noqa: E731
+    expected = torch.tensor([h(0.5) - h(float(p)), 0.0])
+    score = MutualInformationCriterion()(ModelOutputs(torch.zeros(2, 2), members=members))
+    torch.testing.assert_close(score, expected, atol=1e-6, rtol=1e-5)

@@ -9,6 +9,7 @@ from torch_deup.ood_criteria import (
     MahalanobisCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
+    MutualInformationCriterion,
     ViMCriterion,
     get_criterion,
 )
@@ -23,6 +24,7 @@ NAMES = {
     "knn": (KNNCriterion, "KNN"),
     "gda": (GDACriterion, "GDA"),
     "vim": (ViMCriterion, "ViM"),
+    "mutual_information": (MutualInformationCriterion, "MutualInformation"),
 }
 
 

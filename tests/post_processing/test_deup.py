@@ -9,8 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.reference_deup import fit_reference_deup
-from torch_deup.features import DropoutVariance, NotFittedError
-from torch_deup.outputs import OutputCapture
+from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError
+from torch_deup.models import DeepEnsemble
+from torch_deup.outputs import ModelOutputs, OutputCapture
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import per_sample_errors, stratified_folds
 
@@ -173,6 +174,36 @@ def test_a_model_trained_with_dropout_adds_its_dropout_variance_and_round_trips(
     deup.save(tmp_path / "deup.pt")
     x = torch.randn(30, 4)
     assert torch.equal(deup(x), DEUP.load(tmp_path / "deup.pt", model=model)(x))
+
+
+def test_an_ensemble_adds_its_disagreement_skips_virtual_outliers_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble([mlp(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))]).eval()
+    deup = DEUP(model=ensemble, held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    assert sum(isinstance(f, EnsembleDisagreement) for f in deup.features_) == 1
+    # calibration rows plus one held-out-class row each; no virtual outliers for an ensemble
+    assert len(deup.errors_) == 2 * 60
+    deup.save(tmp_path / "deup.pt")
+    x = torch.randn(30, 4)
+    assert torch.equal(deup(x), DEUP.load(tmp_path / "deup.pt", model=ensemble)(x))
+
+
+def test_g_learns_that_disagreeing_members_mean_errors():
+    def outputs(n: int, seed: int) -> tuple[ModelOutputs, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 3, (n,), generator=g)
+        agree = torch.arange(n) % 2 == 0
+        # agreeing members are confident in the true class; disagreeing ones each pick a random class
+        picks = torch.where(agree[:, None], y[:, None], torch.randint(0, 3, (n, 4), generator=g))
+        members = 6.0 * F.one_hot(picks, 3).float()
+        logits = members.softmax(2).mean(1).log()
+        targets = torch.where(agree, y, torch.randint(0, 3, (n,), generator=g))
+        return ModelOutputs(logits, members=members), targets
+
+    deup = DEUP(features=[EnsembleDisagreement()], **FAST).fit_outputs(*outputs(400, 0))
+    test, _ = outputs(200, 1)
+    disagree = (torch.arange(200) % 2 == 1).float()
+    assert roc_auc_score(disagree.numpy(), deup.score_outputs(test).numpy()) > 0.95
 
 
 def test_fit_inside_inference_mode_and_score_outputs_match_call():

@@ -17,6 +17,7 @@ from routines.synthetic import (
     trained_mlp,
 )
 from torch_deup import TUTrainer
+from torch_deup.models import DeepEnsemble
 from torch_deup.ood_criteria import GDACriterion, MaxSoftmaxCriterion
 from torch_deup.routines import ClassificationRoutine
 
@@ -181,6 +182,23 @@ def test_list_of_criteria_matches_separate_runs():
                 single[f"test/sc/{metric}"], nan_ok=True
             )
     assert post.fit_calls == 1
+
+
+def test_an_ensemble_is_evaluated_on_its_mean_prediction_with_mutual_information():
+    dm = BlobDataModule()
+    torch.manual_seed(5)
+    ensemble = DeepEnsemble([trained_mlp(), make_mlp()]).eval()
+    results = run_test(
+        ClassificationRoutine(ensemble, NUM_CLASSES, eval_ood=True, ood_criterion="mutual_information"), dm
+    )
+    (x_id, y_id), (x_ood, _) = dm.sets["test"], dm.sets["far"]
+    with torch.no_grad():
+        p_id, p_ood = (torch.stack([m(x).softmax(1) for m in ensemble.members]) for x in (x_id, x_ood))
+    assert results["test/cls/Acc"] == pytest.approx(accuracy_score(y_id, p_id.mean(0).argmax(1)), abs=1e-6)
+    entropy = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    mi = torch.cat([entropy(p.mean(0)) - entropy(p).mean(0) for p in (p_id, p_ood)]).numpy()
+    is_ood = np.r_[np.zeros(len(y_id)), np.ones(len(x_ood))]
+    assert results["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, mi), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- fitting

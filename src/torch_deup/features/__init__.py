@@ -3,11 +3,12 @@
 from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.subspace import ViMScore
-from torch_deup.features.variance import DropoutVariance
+from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement
 
 __all__ = [
     "DropoutVariance",
     "Embedding",
+    "EnsembleDisagreement",
     "FeatureExtractor",
     "NotFittedError",
     "OutputStatistics",

@@ -1,4 +1,5 @@
-"""Model variance under dropout, for models trained with dropout before their linear head.
+"""Model variance: under dropout (for models trained with dropout before their linear head), and
+across the members of a deep ensemble.
 
 MC dropout (Gal & Ghahramani, 2016) samples dropout masks at test time and reads the spread of the
 predictions. Sampling costs one forward pass per mask. On the last layer it needs none: the head
@@ -84,3 +85,45 @@ class DropoutVariance(FeatureExtractor):
     @property
     def names(self) -> list[str]:
         return ["logit_variance", "prob_std"]
+
+
+class EnsembleDisagreement(FeatureExtractor):
+    """How much the members of a :class:`~torch_deup.models.ensemble.DeepEnsemble` disagree: two
+    columns per sample, read from ``ModelOutputs.members`` (recorded in the ensemble's forward).
+
+    ``mutual_information``, the entropy of the mean prediction minus the mean of the members'
+    entropies (the epistemic part of the predictive entropy, Depeweg et al. 2018); ``member_std``,
+    the standard deviation across members of the probability of the ensemble's predicted class.
+
+    Example:
+        >>> members = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])  # two confident members disagree
+        >>> EnsembleDisagreement()(ModelOutputs(torch.zeros(1, 2), members=members)).round(decimals=3)
+        tensor([[0.6930, 0.7070]])
+    """
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        if outputs.members is None:
+            raise ValueError(
+                "EnsembleDisagreement reads each member's logits, but ModelOutputs.members is None. "
+                "Wrap the members in torch_deup.models.DeepEnsemble and collect outputs with "
+                "OutputCapture or collect_outputs, which record them."
+            )
+        if outputs.members.ndim != 3 or outputs.members.shape[1] < 2:
+            raise ValueError(
+                "Expected member logits of shape (N, M, C) with M >= 2, but got "
+                f"{tuple(outputs.members.shape)}."
+            )
+        probs = outputs.members.float().softmax(dim=2)
+        mean = probs.mean(1)
+        mutual_information = _entropy(mean) - _entropy(probs).mean(1)
+        top = mean.argmax(1)
+        top_probs = probs.gather(2, top[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)
+        return torch.stack([mutual_information.clamp_min(0.0), top_probs.std(1)], dim=1)
+
+    @property
+    def names(self) -> list[str]:
+        return ["mutual_information", "member_std"]
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)

@@ -1,5 +1,6 @@
 """Model architectures."""
 
 from torch_deup.models.classification import CifarResNet, ResNet, resnet
+from torch_deup.models.ensemble import DeepEnsemble
 
-__all__ = ["CifarResNet", "ResNet", "resnet"]
+__all__ = ["CifarResNet", "DeepEnsemble", "ResNet", "resnet"]

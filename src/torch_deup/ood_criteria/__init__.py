@@ -14,6 +14,7 @@ from torch_deup.ood_criteria.output_based import (
     EntropyCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
+    MutualInformationCriterion,
     class_logits,
 )
 from torch_deup.ood_criteria.registry import CRITERIA, get_criterion
@@ -29,6 +30,7 @@ __all__ = [
     "MahalanobisCriterion",
     "MaxLogitCriterion",
     "MaxSoftmaxCriterion",
+    "MutualInformationCriterion",
     "OODCriterion",
     "ViMCriterion",
     "class_logits",

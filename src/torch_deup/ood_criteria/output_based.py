@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torch_deup.features.variance import EnsembleDisagreement
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.outputs import ModelOutputs, class_logits
 
@@ -75,3 +76,19 @@ class EntropyCriterion(OODCriterion):
         probs = class_logits(outputs.logits).softmax(dim=1)
         # xlogy makes 0 log 0 = 0, so saturated probabilities give no NaN
         return -torch.special.xlogy(probs, probs).sum(dim=1)
+
+
+class MutualInformationCriterion(OODCriterion):
+    """Mutual information between the prediction and the member of a deep ensemble, in nats:
+    the entropy of the mean prediction minus the members' mean entropy (needs ``outputs.members``).
+
+    Example:
+        >>> members = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])
+        >>> MutualInformationCriterion()(ModelOutputs(torch.zeros(1, 2), members=members)).round(decimals=3)
+        tensor([0.6930])
+    """
+
+    name = "MutualInformation"
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        return EnsembleDisagreement()(outputs)[:, 0]

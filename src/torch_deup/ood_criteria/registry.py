@@ -15,6 +15,7 @@ from torch_deup.ood_criteria.output_based import (
     EntropyCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
+    MutualInformationCriterion,
 )
 
 CRITERIA: dict[str, type[OODCriterion]] = {
@@ -27,6 +28,7 @@ CRITERIA: dict[str, type[OODCriterion]] = {
     "knn": KNNCriterion,
     "gda": GDACriterion,
     "vim": ViMCriterion,
+    "mutual_information": MutualInformationCriterion,
 }
 
 

@@ -56,7 +56,7 @@ from torch_deup.features.base import FeatureExtractor, NotFittedError
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
-from torch_deup.features.variance import DropoutVariance, dropout_rate
+from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
@@ -338,11 +338,13 @@ class DEUP(PostProcessing):
             )
 
     # ----------------------------------------------------------------------------- fitting
-    def default_features(self, num_train: int) -> list[FeatureExtractor]:
+    def default_features(self, num_train: int, ensemble: bool = False) -> list[FeatureExtractor]:
         """Output statistics plus, with ``num_train`` training outputs, the Gaussian density of
         the training embeddings and the KNN distance to a random fifth of them (at least 1,000);
         without them, the embedding itself. A classifier trained with dropout adds its closed-form
-        last-layer MC-dropout variance (:class:`~torch_deup.features.variance.DropoutVariance`)."""
+        last-layer MC-dropout variance (:class:`~torch_deup.features.variance.DropoutVariance`);
+        an ``ensemble`` (outputs with member logits) adds the members' disagreement
+        (:class:`~torch_deup.features.variance.EnsembleDisagreement`)."""
         if self.task == "regression":
             return [RegressionOutputs(), Embedding()]
         if num_train == 0:
@@ -355,6 +357,8 @@ class DEUP(PostProcessing):
             features = [OutputStatistics(), GaussianDensity(), knn]
         if self.model is not None and dropout_rate(self.model) > 0:
             features.append(DropoutVariance.from_model(self.model))
+        if ensemble and self.task == "classification":
+            features.append(EnsembleDisagreement())
         return features
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
@@ -408,7 +412,7 @@ class DEUP(PostProcessing):
         features = (
             [copy.deepcopy(f) for f in self.features]
             if self.features is not None
-            else self.default_features(0 if train is None else len(train[1]))
+            else self.default_features(0 if train is None else len(train[1]), cal_outputs.members is not None)
         )
         for extractor in features:
             if extractor.needs_fit:
@@ -430,7 +434,9 @@ class DEUP(PostProcessing):
                         features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
                     )
                 )
-            num_virtual = round(self.virtual_outliers * len(cal_targets))
+            # an ensemble's logits are no single linear head's, which virtual outliers need
+            ensemble = cal_outputs.members is not None
+            num_virtual = 0 if ensemble else round(self.virtual_outliers * len(cal_targets))
             if num_virtual > 0:
                 extra.append(virtual_outlier_rows(features, train, num_virtual, cost, self.seed))
         for extra_x, extra_errors in extra:
@@ -563,8 +569,7 @@ def _single_thread() -> Iterator[None]:
 
 def _plain(outputs: ModelOutputs) -> ModelOutputs:
     """A CPU copy usable by autograd (inference-mode tensors are not)."""
-    emb = None if outputs.embedding is None else outputs.embedding.detach().float().cpu().clone()
-    return ModelOutputs(outputs.logits.detach().float().cpu().clone(), emb)
+    return outputs.detach()._map(lambda t: t.float().cpu().clone())
 
 
 def _feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:

@@ -2,6 +2,11 @@
 
     python benchmarks/ood_cifar10_svhn.py --data ../shared/data --checkpoint checkpoints/resnet20_cifar10.pt
 
+With several ``--checkpoint`` files the model is their :class:`~torch_deup.models.DeepEnsemble`:
+mutual information replaces ViM (an ensemble's logits are no single linear head's), DEUP adds the
+members' disagreement to its features, and one more row ablates that feature. Outputs, plot and JSON
+then go to ``*_ensemble`` files.
+
 The model is the project's ResNet-20 (45,000 training images; the 5,000-image validation split was
 held out and is where DEUP is fitted). The base model runs once over train, validation, test and
 SVHN; every criterion then reads those outputs, exactly as the evaluation routine does. Fitted
@@ -28,8 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from torch_deup.datamodules import CIFAR10DataModule
+from torch_deup.features import EnsembleDisagreement
 from torch_deup.hub import load_checkpoint
 from torch_deup.metrics import augrc, aurc, fpr_at_tpr, ood_aupr, ood_auroc, scod_losses
+from torch_deup.models import DeepEnsemble
 from torch_deup.models.classification.resnet import resnet
 from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs, collect_outputs
@@ -39,22 +46,29 @@ from torch_deup.post_processing.deup import spearman
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
-BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "vim"]
+BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
+
+
+def load_model(checkpoints: list[str]) -> torch.nn.Module:
+    """The ResNet-20 of one checkpoint, or the deep ensemble of several."""
+    models = [load_checkpoint(resnet(arch=20, num_classes=10), c).eval() for c in checkpoints]
+    return models[0] if len(models) == 1 else DeepEnsemble(models).eval()
 
 
 def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
     """Outputs of the four splits (cached in ``--cache`` for this checkpoint) and the forward times."""
     cache = Path(args.cache) if args.cache else None
-    checkpoint_sha256 = hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest()
+    checkpoint_sha256 = "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in args.checkpoint)
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
         if saved.get("checkpoint_sha256") == checkpoint_sha256:
             return {
-                k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()
+                k: (ModelOutputs(v["logits"], v["embedding"], v.get("members")), v["targets"])
+                for k, v in saved["sets"].items()
             }, saved["times"]
         print(f"{cache} holds another checkpoint's outputs: recomputing them")
     dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
-    model = load_checkpoint(resnet(arch=20, num_classes=10), args.checkpoint).eval()
+    model = load_model(args.checkpoint)
     loaders = {
         "train": dm.train_eval_dataloader(),
         "val": dm.postprocess_dataloader(),
@@ -69,7 +83,9 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            k: {"logits": o.logits, "embedding": o.embedding, "targets": t} for k, (o, t) in sets.items()
+            k: {"logits": o.logits, "embedding": o.embedding, "targets": t}
+            | ({} if o.members is None else {"members": o.members})
+            for k, (o, t) in sets.items()
         }
         torch.save({"sets": payload, "times": times, "checkpoint_sha256": checkpoint_sha256}, cache)
     return sets, times
@@ -105,6 +121,23 @@ def timed(fit, score, sets) -> tuple[dict, float, float]:
     return evaluate(scores_id, scores_ood, sets["test"]), fit_time, per_1000
 
 
+def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> dict:
+    """DEUP fitted on validation (training split as reference) once per seed: mean and spread."""
+    seeds = []
+    for seed in args.seeds:
+        deup = configure(DEUP(seed=seed, progress=False, **json.loads(args.deup)))
+        metrics, fit_time, per_1000 = timed(
+            lambda d=deup: d.fit_outputs(*sets["val"], *sets["train"]), lambda d, o: d.score_outputs(o), sets
+        )
+        seeds.append({**metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000})
+    stacked = {k: torch.tensor([s[k] for s in seeds]) for k in seeds[0]}
+    return {
+        "criterion": name,
+        **{k: v.mean().item() for k, v in stacked.items()},
+        "spread": {k: v.std().item() for k, v in stacked.items()},
+    }
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     sets, times = collect_all(args)
     n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
@@ -114,8 +147,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     test_acc = (sets["test"][0].logits.argmax(1) == sets["test"][1]).float().mean().item()
     print(f"test accuracy {100 * test_acc:.2f}%")
+    ensemble = sets["val"][0].members is not None
     rows = []
-    for name in BASELINES:
+    for name in BASELINES + (["mutual_information"] if ensemble else ["vim"]):
         criterion = get_criterion(name)
         metrics, fit_time, per_1000 = timed(
             lambda c=criterion: c.fit(*sets["train"]) if c.needs_fit else c, lambda c, o: c(o), sets
@@ -131,21 +165,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     rows.append(
         {"criterion": "DEUP (reference config)", **metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000}
     )
-    seeds = []
-    for seed in args.seeds:
-        deup = DEUP(seed=seed, progress=False, **json.loads(args.deup))
-        metrics, fit_time, per_1000 = timed(
-            lambda d=deup: d.fit_outputs(*sets["val"], *sets["train"]), lambda d, o: d.score_outputs(o), sets
-        )
-        seeds.append({**metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000})
-    stacked = {k: torch.tensor([s[k] for s in seeds]) for k in seeds[0]}
-    rows.append(
-        {
-            "criterion": f"DEUP (ours, {len(seeds)} seeds)",
-            **{k: v.mean().item() for k, v in stacked.items()},
-            "spread": {k: v.std().item() for k, v in stacked.items()},
-        }
-    )
+    if ensemble:
+
+        def without_disagreement(deup: DEUP) -> DEUP:
+            features = deup.default_features(len(sets["train"][1]), ensemble=True)
+            deup.features = [f for f in features if not isinstance(f, EnsembleDisagreement)]
+            return deup
+
+        rows.append(deup_row(args, sets, "DEUP (no disagreement)", without_disagreement))
+    rows.append(deup_row(args, sets, f"DEUP (ours, {len(args.seeds)} seeds)", lambda deup: deup))
     forward_per_1000 = (times["test"] + times["svhn"]) / (len(sets["test"][1]) + len(sets["svhn"][1])) * 1000
     overhead = 100 * rows[-1]["score ms/1k"] / 1000 / forward_per_1000
     print(f"DEUP scoring adds {overhead:.1f}% to the base model's forward pass")
@@ -168,7 +196,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{row['criterion']:<26}" + "".join(f"{cell:>12}" for cell in cells))
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +215,7 @@ def plot(rows: list[dict], path: str) -> None:
         )
     ax.set_xlabel("misclassification AUROC, CIFAR-10 test (%)")
     ax.set_ylabel("OOD AUROC, CIFAR-10 vs SVHN (%)")
-    ax.set_title("ResNet-20: every criterion on the same outputs")
+    ax.set_title(f"{title}: every criterion on the same outputs")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,19 +224,32 @@ def plot(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--checkpoint", default="checkpoints/resnet20_cifar10.pt")
     parser.add_argument(
-        "--cache", default="results/cifar10_svhn_outputs.pt", help="outputs cache ('' to disable)"
+        "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
     )
+    parser.add_argument("--cache", default=None, help="outputs cache ('' to disable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--deup", default="{}", help="JSON of extra DEUP arguments")
-    parser.add_argument("--plot", default="benchmarks/ood_cifar10_svhn.png")
-    parser.add_argument("--json", default="results/ood_cifar10_svhn.json")
+    parser.add_argument("--plot", default=None)
+    parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    suffix = "_ensemble" if len(args.checkpoint) > 1 else ""
+    defaults = {
+        "cache": f"results/cifar10_svhn{suffix}_outputs.pt",
+        "plot": f"benchmarks/ood_cifar10_svhn{suffix}.png",
+        "json": f"results/ood_cifar10_svhn{suffix}.json",
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     rows = run(args)
     print_table(rows)
     if args.plot:
-        plot(rows, args.plot)
+        plot(
+            rows,
+            args.plot,
+            "ResNet-20" if len(args.checkpoint) == 1 else f"{len(args.checkpoint)} ResNet-20s",
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2))

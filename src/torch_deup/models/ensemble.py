@@ -18,6 +18,9 @@ from torch import Tensor, nn
 class DeepEnsemble(nn.Module):
     """Members with the same classes; ``forward`` returns ``log(mean_m softmax(member_m(x)))``.
 
+    Train the members separately (different seeds), then wrap them: training the wrapper end to
+    end would fit the mixture, not independent members.
+
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>

@@ -17,8 +17,10 @@ from routines.synthetic import (
     trained_mlp,
 )
 from torch_deup import TUTrainer
+from torch_deup.features import EnsembleDisagreement
 from torch_deup.models import DeepEnsemble
 from torch_deup.ood_criteria import GDACriterion, MaxSoftmaxCriterion
+from torch_deup.post_processing import DEUP
 from torch_deup.routines import ClassificationRoutine
 
 
@@ -188,9 +190,15 @@ def test_an_ensemble_is_evaluated_on_its_mean_prediction_with_mutual_information
     dm = BlobDataModule()
     torch.manual_seed(5)
     ensemble = DeepEnsemble([trained_mlp(), make_mlp()]).eval()
-    results = run_test(
-        ClassificationRoutine(ensemble, NUM_CLASSES, eval_ood=True, ood_criterion="mutual_information"), dm
+    deup = DEUP(max_epochs=3, progress=False)
+    routine = ClassificationRoutine(
+        ensemble,
+        NUM_CLASSES,
+        eval_ood=True,
+        post_processing=deup,
+        ood_criterion=["mutual_information", "deup"],
     )
+    results = {k.replace("/MutualInformation", ""): v for k, v in run_test(routine, dm).items()}
     (x_id, y_id), (x_ood, _) = dm.sets["test"], dm.sets["far"]
     with torch.no_grad():
         p_id, p_ood = (torch.stack([m(x).softmax(1) for m in ensemble.members]) for x in (x_id, x_ood))
@@ -199,6 +207,8 @@ def test_an_ensemble_is_evaluated_on_its_mean_prediction_with_mutual_information
     mi = torch.cat([entropy(p.mean(0)) - entropy(p).mean(0) for p in (p_id, p_ood)]).numpy()
     is_ood = np.r_[np.zeros(len(y_id)), np.ones(len(x_ood))]
     assert results["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, mi), abs=1e-6)
+    # the routine hands DEUP the member logits it recorded: the disagreement is one of g's features
+    assert any(isinstance(f, EnsembleDisagreement) for f in deup.features_)
 
 
 # ----------------------------------------------------------------------------- fitting

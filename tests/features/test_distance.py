@@ -5,7 +5,7 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
 from torch_deup.features.base import NotFittedError
-from torch_deup.features.distance import KNNDistance, MahalanobisDistance
+from torch_deup.features.distance import KNNDistance, MahalanobisDistance, TrustScore
 from torch_deup.outputs import ModelOutputs
 
 
@@ -104,6 +104,56 @@ def numpy_mahalanobis(z_train, y_train, z) -> np.ndarray:
     precision = np.linalg.inv(EmpiricalCovariance(assume_centered=True).fit(residuals).covariance_)
     diffs = z[:, None, :] - means[None]
     return np.einsum("ncd,de,nce->nc", diffs, precision, diffs).min(1)
+
+
+def trust_reference(bank, labels, queries, predicted, k, metric):
+    """d_other / (d_other + d_predicted), each the k-th neighbour distance within a class, by sklearn."""
+    per_class = {}
+    for c in np.unique(labels):
+        rows = bank[labels == c]
+        nn = NearestNeighbors(n_neighbors=min(k, len(rows)), metric=metric).fit(rows)
+        per_class[c] = nn.kneighbors(queries)[0][:, -1]
+    out = []
+    for i, p in enumerate(predicted):
+        others = [d[i] for c, d in per_class.items() if c != p]
+        d_pred, d_other = per_class[p][i], min(others)
+        out.append(d_other / (d_other + d_pred))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("query_chunk_size", "bank_chunk_size"), CHUNKS)
+@pytest.mark.parametrize(("normalize", "metric"), [(True, "cosine"), (False, "euclidean")])
+def test_trust_score_matches_sklearn(train, queries, query_chunk_size, bank_chunk_size, normalize, metric):
+    outputs, targets = train
+    trust = TrustScore(4, normalize, query_chunk_size, bank_chunk_size).fit(outputs, targets)
+    logits = torch.randn(23, 3, generator=torch.Generator().manual_seed(2))
+    got = trust(ModelOutputs(logits, queries))[:, 0].numpy()
+    expected = trust_reference(
+        outputs.embedding.numpy(), targets.numpy(), queries.numpy(), logits.argmax(1).numpy(), 4, metric
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_trust_score_without_the_predicted_class_is_zero_and_alone_is_one(train, queries):
+    outputs, targets = train
+    logits = torch.zeros(23, 3)
+    logits[:, 2] = 1.0  # every query predicted as class 2
+    without_2 = TrustScore(4).fit(outputs[targets != 2], targets[targets != 2])
+    only_2 = TrustScore(4).fit(outputs[targets == 2], targets[targets == 2])
+    assert torch.equal(without_2(ModelOutputs(logits, queries)), torch.zeros(23, 1))
+    assert torch.equal(only_2(ModelOutputs(logits, queries)), torch.ones(23, 1))
+
+
+def test_trust_score_bank_keeps_labels_with_their_rows_and_round_trips(train, queries, tmp_path):
+    outputs, targets = train
+    trust = TrustScore(3, bank_size=30, seed=5).fit(outputs, targets)
+    kept = torch.randperm(60, generator=torch.Generator().manual_seed(5))[:30]
+    assert torch.equal(trust.bank_labels_, targets[kept])
+    torch.save(trust.state_dict(), tmp_path / "trust.pt")
+    fresh = TrustScore(3, bank_size=30, seed=5)
+    fresh.load_state_dict(torch.load(tmp_path / "trust.pt", weights_only=True))
+    query = ModelOutputs(torch.randn(23, 3), queries)
+    assert torch.equal(fresh(query), trust(query))
 
 
 def test_mahalanobis_matches_numpy(train, queries):

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_deup.features.distance import KNNDistance
+from torch_deup.features.distance import KNNDistance, TrustScore
 from torch_deup.features.outputs import OutputStatistics
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
@@ -49,6 +49,24 @@ def test_rows_are_distances_to_the_other_classes_and_the_models_own_statistics()
     wrong = cal.logits.argmax(1) != cal_y
     assert wrong.any()
     torch.testing.assert_close(targets, torch.full((20,), errors[wrong].mean().item()))
+
+
+def test_a_prediction_of_a_held_out_class_has_no_trust_support():
+    train, train_y = clustered(20, 4, seed=0)
+    cal, cal_y = clustered(5, 4, seed=1)
+    trust = TrustScore(k=3).fit(train, train_y)
+    # every class in the bank: trusted exactly where the model predicts the cluster it sits in
+    assert torch.equal(trust(cal)[:, 0] > 0.5, cal.logits.argmax(1) == cal_y)
+    x, _ = held_out_class_rows([trust], (train, train_y), cal, cal_y, 1.0, num_groups=2, seed=0)
+    predicts_own_class = torch.cat(
+        [
+            cal.logits.argmax(1)[torch.isin(cal_y, g)] == cal_y[torch.isin(cal_y, g)]
+            for g in class_groups(torch.arange(4), 2, 0)
+        ]
+    )
+    # the refit bank lacks the held-out classes: a sample predicted as its own class gets 0
+    assert torch.equal(x[predicts_own_class, 0], torch.zeros(int(predicts_own_class.sum())))
+    assert predicts_own_class.float().mean() > 0.8
 
 
 def test_rows_need_a_fitted_extractor():

@@ -1,4 +1,5 @@
-"""Distances from an embedding to the training embeddings: k-th nearest neighbour and Mahalanobis."""
+"""Distances from an embedding to the training embeddings: k-th nearest neighbour, its
+class-conditional ratio (trust score) and Mahalanobis."""
 
 from __future__ import annotations
 
@@ -17,7 +18,32 @@ from torch_deup.features.density import (
     class_means,
     require_embedding,
 )
-from torch_deup.outputs import ModelOutputs
+from torch_deup.outputs import ModelOutputs, class_logits
+
+
+def kth_distance(
+    queries: Tensor, bank: Tensor, k: int, normalize: bool, query_chunk_size: int, bank_chunk_size: int
+) -> Tensor:
+    """Distance of each query to its ``k``-th nearest bank row, exactly, chunk by chunk.
+
+    Both inputs are already normalised when ``normalize`` (cosine distance), raw otherwise
+    (Euclidean). Memory beyond the inputs: one ``query_chunk_size x bank_chunk_size`` block.
+    """
+    kth = []
+    for chunk in queries.split(query_chunk_size):
+        best = None
+        for block in bank.split(bank_chunk_size):
+            scores = chunk @ block.T
+            if not normalize:
+                # -|q - b|^2 = 2 q.b - |b|^2 - |q|^2, in place to keep a single (q, b) buffer
+                scores.mul_(2).sub_(block.square().sum(1)).sub_(chunk.square().sum(1, keepdim=True))
+            top = scores.topk(min(k, scores.shape[1]), dim=1, sorted=False).values
+            del scores  # free this block before the next one is allocated: one block alive at a time
+            best = top if best is None else torch.cat([best, top], dim=1)
+            best = best.topk(min(k, best.shape[1]), dim=1, sorted=False).values
+        kth.append(best.min(dim=1).values)
+    similarity = torch.cat(kth)
+    return 1.0 - similarity if normalize else (-similarity).clamp_min(0.0).sqrt()
 
 
 class KNNDistance(FeatureExtractor):
@@ -42,7 +68,7 @@ class KNNDistance(FeatureExtractor):
 
     Example:
         >>> import torch
-        >>> from torch_deup.outputs import ModelOutputs
+        >>> from torch_deup.outputs import ModelOutputs, class_logits
         >>> train = ModelOutputs(torch.zeros(100, 2), torch.randn(100, 8))
         >>> knn = KNNDistance(k=5).fit(train, torch.zeros(100, dtype=torch.long))
         >>> knn(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 8))).shape
@@ -103,28 +129,18 @@ class KNNDistance(FeatureExtractor):
         self.bank_ = self._prepare(embedding).contiguous()
         return self
 
-    def _kth_similarity(self, queries: Tensor) -> Tensor:
-        """The k-th largest similarity of each query; negative squared distance if not normalised."""
-        best = None
-        for block in self.bank_.split(self.bank_chunk_size):
-            scores = queries @ block.T
-            if not self.normalize:
-                # -|q - b|^2 = 2 q.b - |b|^2 - |q|^2, in place to keep a single (q, b) buffer
-                scores.mul_(2).sub_(block.square().sum(1)).sub_(queries.square().sum(1, keepdim=True))
-            top = scores.topk(min(self.k, scores.shape[1]), dim=1, sorted=False).values
-            del scores  # free this block before the next one is allocated: one block alive at a time
-            best = top if best is None else torch.cat([best, top], dim=1)
-            best = best.topk(min(self.k, best.shape[1]), dim=1, sorted=False).values
-        return best.min(dim=1).values
-
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "bank_")
         embedding = require_embedding(outputs, self)
         check_dimension(embedding, self.bank_.shape[1], self)
-        queries = self._prepare(embedding)
-        kth = torch.cat([self._kth_similarity(chunk) for chunk in queries.split(self.query_chunk_size)])
-        distance = 1.0 - kth if self.normalize else (-kth).clamp_min(0.0).sqrt()
-        return distance[:, None]
+        return kth_distance(
+            self._prepare(embedding),
+            self.bank_,
+            self.k,
+            self.normalize,
+            self.query_chunk_size,
+            self.bank_chunk_size,
+        )[:, None]
 
     @property
     def names(self) -> list[str]:
@@ -133,6 +149,89 @@ class KNNDistance(FeatureExtractor):
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "bank_")
         return {"bank_": self.bank_}
+
+
+class TrustScore(KNNDistance):
+    """How much closer an embedding sits to the predicted class than to any other, in ``[0, 1]``:
+    ``d_other / (d_other + d_predicted)``, a bounded form of the trust score of Jiang et al.
+    (NeurIPS 2018), the ratio ``d_other / d_predicted``, with the same ranking. Below 0.5 the
+    embedding is closer to another class than to the one the model predicts, a sign of an error
+    the model's confidence does not show.
+
+    The distance to a class is the :class:`KNNDistance` to the ``k``-th nearest training embedding
+    of that class (``min(k, class size)`` for a class with fewer rows in the bank); Jiang et al.
+    use the nearest neighbour after filtering low-density points. A predicted class with no
+    training row scores 0 ("no support": the held-out-class protocol removes classes); a bank of
+    the predicted class alone scores 1. Same arguments, bank and memory bound as
+    :class:`KNNDistance`; the bank also keeps its labels, ``bank_labels_``.
+
+    Example:
+        >>> import torch
+        >>> from torch_deup.outputs import ModelOutputs
+        >>> z = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> trust = TrustScore(k=1).fit(ModelOutputs(torch.zeros(4, 2), z), torch.tensor([0, 0, 1, 1]))
+        >>> near_0 = torch.tensor([[1.0, 0.05], [1.0, 0.05]])  # twice the same embedding, near class 0
+        >>> query = ModelOutputs(torch.tensor([[5.0, 0.0], [0.0, 5.0]]), near_0)
+        >>> trust(query)[:, 0] > 0.5  # predicted class 0 is the near one, class 1 the far one
+        tensor([ True, False])
+    """
+
+    ood_direction = 0
+
+    def __init__(
+        self,
+        k: int = 10,
+        normalize: bool = True,
+        query_chunk_size: int = 1024,
+        bank_chunk_size: int = 16384,
+        bank_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(k, normalize, query_chunk_size, bank_chunk_size, bank_size, seed)
+
+    def fit(self, outputs: ModelOutputs, targets: Tensor) -> TrustScore:
+        """Store the (subsampled) training embeddings and their labels."""
+        self._check_params()
+        embedding = require_embedding(outputs, self)
+        labels = check_fit_inputs(embedding, targets)
+        if self.bank_size is not None and self.bank_size < embedding.shape[0]:
+            generator = torch.Generator().manual_seed(self.seed)
+            keep = torch.randperm(embedding.shape[0], generator=generator)[: self.bank_size]
+            embedding, labels = embedding[keep], labels[keep]
+        self.classes_ = torch.unique(labels)
+        self.bank_ = self._prepare(embedding).contiguous()
+        self.bank_labels_ = labels
+        return self
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
+        check_is_fitted(self, "bank_")
+        embedding = require_embedding(outputs, self)
+        check_dimension(embedding, self.bank_.shape[1], self)
+        queries = self._prepare(embedding)
+        distances = torch.stack(
+            [
+                kth_distance(queries, self.bank_[self.bank_labels_ == c], self.k, self.normalize,
+                             self.query_chunk_size, self.bank_chunk_size)
+                for c in self.classes_
+            ],
+            dim=1,
+        )  # fmt: skip
+        predicted = class_logits(outputs.logits).argmax(1).to(self.classes_.device)
+        is_predicted = self.classes_[None, :] == predicted[:, None]
+        to_predicted = distances.masked_fill(~is_predicted, torch.inf).min(1).values
+        to_other = distances.masked_fill(is_predicted, torch.inf).min(1).values
+        total = to_other + to_predicted
+        fraction = torch.where(total > 0, to_other / total.clamp_min(1e-12), 0.5)  # 0/0: a tie
+        fraction = torch.where(torch.isinf(to_other), 1.0, fraction)
+        return torch.where(torch.isinf(to_predicted), 0.0, fraction)[:, None]
+
+    @property
+    def names(self) -> list[str]:
+        return [f"trust{self.k}_fraction"]
+
+    def state_dict(self) -> dict[str, Any]:
+        check_is_fitted(self, "bank_")
+        return {"bank_": self.bank_, "bank_labels_": self.bank_labels_, "classes_": self.classes_}
 
 
 class MahalanobisDistance(FeatureExtractor):
@@ -149,7 +248,7 @@ class MahalanobisDistance(FeatureExtractor):
 
     Example:
         >>> import torch
-        >>> from torch_deup.outputs import ModelOutputs
+        >>> from torch_deup.outputs import ModelOutputs, class_logits
         >>> z, y = torch.randn(200, 3), torch.arange(200) % 2
         >>> maha = MahalanobisDistance().fit(ModelOutputs(torch.zeros(200, 2), z), y)
         >>> maha(ModelOutputs(torch.zeros(4, 2), torch.randn(4, 3))).shape

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError
 from torch_deup.features.density import GaussianDensity
-from torch_deup.features.distance import KNNDistance
+from torch_deup.features.distance import KNNDistance, TrustScore
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
@@ -340,10 +340,11 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- fitting
     def default_features(self, num_train: int, ensemble: bool = False) -> list[FeatureExtractor]:
         """Output statistics plus, with ``num_train`` training outputs, the Gaussian density of
-        the training embeddings and the KNN distance to a random fifth of them (at least 1,000);
-        without them, the embedding itself. A classifier trained with dropout adds its closed-form
-        last-layer MC-dropout variance (:class:`~torch_deup.features.variance.DropoutVariance`);
-        an ``ensemble`` (outputs with member logits) adds the members' disagreement
+        the training embeddings, the KNN distance to a random fifth of them (at least 1,000) and,
+        for a classifier, the trust score on the same bank; without them, the embedding itself. A
+        classifier trained with dropout adds its closed-form last-layer MC-dropout variance
+        (:class:`~torch_deup.features.variance.DropoutVariance`); an ``ensemble`` (outputs with
+        member logits) adds the members' disagreement
         (:class:`~torch_deup.features.variance.EnsembleDisagreement`)."""
         if self.task == "regression":
             return [RegressionOutputs(), Embedding()]
@@ -353,8 +354,13 @@ class DEUP(PostProcessing):
             # a 20% bank (k scaled to 10) costs a fifth of the full one to score, and on the
             # held-out-class proxy of benchmarks/select_deup.py lost 0.2 AUROC points against it
             bank = min(num_train, max(1000, num_train // 5))
-            knn = KNNDistance(k=max(1, min(10, bank // 10)), bank_size=bank, seed=self.seed)
+            k = max(1, min(10, bank // 10))
+            knn = KNNDistance(k=k, bank_size=bank, seed=self.seed)
             features = [OutputStatistics(), GaussianDensity(), knn]
+            if self.task == "classification":
+                # on the proxy: misclassification AUROC 90.94 -> 92.14, held-out-class AUROC
+                # 96.74 -> 97.85, for one more pass over the same bank
+                features.append(TrustScore(k=k, bank_size=bank, seed=self.seed))
         if self.model is not None and dropout_rate(self.model) > 0:
             features.append(DropoutVariance.from_model(self.model))
         if ensemble and self.task == "classification":

@@ -79,10 +79,12 @@ def held_out_class_rows(
         held = torch.isin(cal_targets, group)
         if not held.any():
             continue
+        # labels stay the model's class indices, so class-aware extractors (trust score) can match
+        # a prediction of a held-out class to "no training support"
         keep = ~torch.isin(train_targets, group)
-        relabel = torch.searchsorted(classes[~torch.isin(classes, group)], train_targets[keep])
         refitted = [
-            copy.deepcopy(f).fit(train_outputs[keep], relabel) if f.needs_fit else f for f in features
+            copy.deepcopy(f).fit(train_outputs[keep], train_targets[keep]) if f.needs_fit else f
+            for f in features
         ]
         outputs = cal_outputs[held]
         rows.append(torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in refitted], dim=1))

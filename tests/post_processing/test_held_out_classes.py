@@ -90,6 +90,6 @@ def test_deup_adds_one_held_out_row_per_calibration_sample():
     train, train_y = clustered(10, 3, seed=0)
     cal, cal_y = clustered(20, 3, seed=1)
     features = [OutputStatistics(), KNNDistance(k=1)]
-    deup = DEUP(features=features, virtual_outliers=0, max_epochs=5, progress=False)
+    deup = DEUP(features=features, virtual_outliers=0, ood_prior=0, max_epochs=5, progress=False)
     deup.fit_outputs(cal, cal_y, train, train_y)
     assert len(deup.errors_) == 2 * len(cal_y)

@@ -40,7 +40,8 @@ def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tens
             f"The logits are not an affine function of the recorded embedding (relative residual "
             f"{residual:.2g}), so the linear head cannot be recovered. ViM and DEUP's virtual outliers "
             "need the embedding to be the input of the model's last nn.Linear and the logits its "
-            "output, as OutputCapture records; otherwise use another criterion, or DEUP(virtual_outliers=0)."
+            "output, as OutputCapture records; otherwise use another criterion, or "
+            "DEUP(virtual_outliers=0, ood_prior=0)."
         )
     return solution[:-1].T, solution[-1]
 

@@ -27,6 +27,12 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    near 0, a few above 5): a squared loss on raw errors is dominated by the few largest ones and
    ranks the rest poorly.
 
+6. With a gate (:mod:`torch_deup.post_processing.ood_gate`, ``ood_prior=``), the score is
+   ``cost * pi + (1 - pi) * g``, ``pi`` the probability that the input is out of distribution
+   given its ViM score, fitted on the calibration rows against the extra rows of step 3. ``g``
+   alone ranks inputs in the tail of the training data's features as it ranks in-distribution
+   inputs there, mostly as safe; the gate ranks them as likely OOD.
+
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
 out-of-sample targets here; OOF predictions are a smoothed copy that can only lose information the
@@ -56,10 +62,12 @@ from torch_deup.features.base import FeatureExtractor, NotFittedError
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, TrustScore
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
+from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
+from torch_deup.post_processing.ood_gate import OODGate
 from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 
 TASKS = ("classification", "regression")
@@ -250,6 +258,9 @@ class DEUP(PostProcessing):
             calibration row.
         virtual_outliers: virtual outliers (:mod:`torch_deup.post_processing.virtual_outliers`)
             per calibration sample, used under the same conditions (``0`` disables them).
+        ood_prior: weight share of the extra rows when fitting the OOD gate
+            (:mod:`torch_deup.post_processing.ood_gate`), used with those rows when the model has
+            a linear head (``0`` disables it).
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -280,6 +291,7 @@ class DEUP(PostProcessing):
         held_out_classes: int = 5,
         held_out_weight: float = 0.5,
         virtual_outliers: float = 0.5,
+        ood_prior: float = 0.1,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -298,6 +310,7 @@ class DEUP(PostProcessing):
         self.held_out_classes = held_out_classes
         self.held_out_weight = held_out_weight
         self.virtual_outliers = virtual_outliers
+        self.ood_prior = ood_prior
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -321,6 +334,8 @@ class DEUP(PostProcessing):
             raise ValueError(
                 f"Expected `virtual_outliers` to be a number >= 0, but got {self.virtual_outliers!r}."
             )
+        if not isinstance(self.ood_prior, int | float) or not 0 <= self.ood_prior < 1:
+            raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
         if not isinstance(self.held_out_classes, int) or self.held_out_classes < 0:
             raise ValueError(
                 f"Expected `held_out_classes` to be an integer >= 0, but got {self.held_out_classes!r}."
@@ -432,19 +447,28 @@ class DEUP(PostProcessing):
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         extra = []
+        self.gate_ = self.gate_score_ = None
         if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
-            cost = error_cost(cal_outputs, cal_targets, errors)
+            self.error_cost_ = cost = error_cost(cal_outputs, cal_targets, errors)
+            # an ensemble's logits are no single linear head's, which virtual outliers and ViM need
+            linear_head = cal_outputs.members is None
+            # the gate's ViM score rides along as a last column of the extra rows, then leaves them
+            gate_score = ViMScore().fit(*train) if self.ood_prior > 0 and linear_head else None
+            row_features = [*features, gate_score] if gate_score is not None else features
             if self.held_out_classes > 0:
                 extra.append(
                     held_out_class_rows(
-                        features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
+                        row_features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
                     )
                 )
-            # an ensemble's logits are no single linear head's, which virtual outliers need
-            ensemble = cal_outputs.members is not None
-            num_virtual = 0 if ensemble else round(self.virtual_outliers * len(cal_targets))
+            num_virtual = round(self.virtual_outliers * len(cal_targets)) if linear_head else 0
             if num_virtual > 0:
-                extra.append(virtual_outlier_rows(features, train, num_virtual, cost, self.seed))
+                extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
+            if gate_score is not None and extra:
+                outlier_scores = torch.cat([extra_x[:, -1] for extra_x, _ in extra])
+                extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
+                self.gate_ = OODGate(self.ood_prior).fit(gate_score(cal_outputs)[:, 0], outlier_scores)
+                self.gate_score_ = gate_score
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -505,11 +529,16 @@ class DEUP(PostProcessing):
 
     # ----------------------------------------------------------------------------- scoring
     def score_outputs(self, outputs: ModelOutputs) -> Tensor:
-        """``g`` on already computed outputs: one non-negative score per sample."""
+        """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
+        mixed with the OOD gate's probability when there is a gate."""
         self._check_fitted()
-        x = _feature_matrix(self.features_, outputs.to("cpu"))
+        outputs = outputs.to("cpu")
+        x = _feature_matrix(self.features_, outputs)
         with torch.no_grad():
             scores = self.g_(self.scaler_(x))
+        if self.gate_ is not None:
+            ood = self.gate_.predict(self.gate_score_(outputs)[:, 0])
+            scores = self.error_cost_ * ood + (1 - ood) * scores
         return scores.to(outputs.logits.device)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -525,7 +554,7 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
-        "virtual_outliers", "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
+        "virtual_outliers", "ood_prior", "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -541,6 +570,13 @@ class DEUP(PostProcessing):
             "scaler": vars(self.scaler_),
             "final_epochs": self.final_epochs_,
             "oof_spearman": self.oof_spearman_,
+            "gate": None
+            if self.gate_ is None
+            else {
+                "state": self.gate_.state_dict(),
+                "score": dict(vars(self.gate_score_)),
+                "error_cost": self.error_cost_,
+            },
         }
         torch.save(state, path)
 
@@ -558,6 +594,13 @@ class DEUP(PostProcessing):
         deup.g_.load_state_dict(g_state)
         deup.g_.eval()
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
+        deup.gate_ = deup.gate_score_ = None
+        if state["gate"] is not None:
+            deup.gate_ = OODGate(deup.ood_prior)
+            deup.gate_.load_state_dict(state["gate"]["state"])
+            deup.gate_score_ = ViMScore()
+            deup.gate_score_.load_state_dict(state["gate"]["score"])
+            deup.error_cost_ = state["gate"]["error_cost"]
         return deup
 
 

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torch_deup.models import DeepEnsemble
+from torch_deup.post_processing import DEUP
+from torch_deup.post_processing.deup import _feature_matrix
+from torch_deup.post_processing.ood_gate import OODGate
+
+
+def scores(n: int, shift: float, seed: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def test_evidence_is_minus_log_conformal_p_value_then_linear_beyond_the_calibration():
+    cal = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    gate = OODGate().fit(cal, torch.tensor([5.0]))
+    got = gate.evidence(torch.tensor([-1.0, 1.0, 2.5, 3.0, 3.0 + 2 * cal.std()]))
+    # (1 + #{cal >= s}) / (n + 1): 5/5, 4/5, 2/5, 2/5, then 1/5 and two standard deviations beyond
+    expected = -np.log([5 / 5, 4 / 5, 2 / 5, 2 / 5, 1 / 5]) + np.array([0, 0, 0, 0, 2.0])
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("prior", [0.1, 0.5])
+def test_fit_is_the_weighted_logistic_regression_sklearn_finds(prior):
+    cal, outliers = scores(300, 0.0, 0), scores(200, 1.5, 1)
+    gate = OODGate(prior).fit(cal, outliers)
+    t = torch.cat([gate.evidence(cal), gate.evidence(outliers)]).numpy()[:, None]
+    labels = np.r_[np.zeros(300), np.ones(200)]
+    weight = np.r_[np.full(300, (1 - prior) / 300), np.full(200, prior / 200)]
+    reference = LogisticRegression(penalty=None, tol=1e-10, max_iter=10_000)
+    reference.fit(t, labels, sample_weight=weight * 500)
+    assert gate.slope_.item() == pytest.approx(reference.coef_[0, 0], rel=1e-3)
+    assert gate.intercept_.item() == pytest.approx(reference.intercept_[0], rel=1e-3, abs=1e-4)
+
+
+def test_probability_grows_with_the_score_and_with_the_prior():
+    cal, outliers = scores(300, 0.0, 0), scores(200, 2.0, 1)
+    query = torch.linspace(-2, 6, 50)
+    low, high = (
+        OODGate(0.05).fit(cal, outliers).predict(query),
+        OODGate(0.5).fit(cal, outliers).predict(query),
+    )
+    assert (low.diff() >= 0).all()
+    assert (high >= low).all()
+    assert low[-1] > 0.9
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="prior"):
+        OODGate(prior=1.0)
+    with pytest.raises(ValueError, match="at least 2 calibration"):
+        OODGate().fit(torch.tensor([1.0]), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        OODGate().fit(torch.tensor([1.0, float("nan")]), torch.tensor([2.0]))
+
+
+def linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+def loader(n: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3), batch_size=32)
+
+
+FAST = {"max_epochs": 5, "progress": False, "held_out_classes": 2}
+
+
+def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
+    model = linear_model()
+    deup = DEUP(model=model, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    assert deup.gate_ is not None
+    x = torch.randn(40, 4) * 3
+    outputs = deup.model_outputs(x)
+    with torch.no_grad():
+        g = deup.g_(deup.scaler_(_feature_matrix(deup.features_, outputs)))
+    pi = deup.gate_.predict(deup.gate_score_(outputs)[:, 0])
+    torch.testing.assert_close(deup(x), deup.error_cost_ * pi + (1 - pi) * g)
+    without = DEUP(model=model, ood_prior=0, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    assert without.gate_ is None
+
+
+def test_deup_has_no_gate_without_training_data_or_for_an_ensemble():
+    assert DEUP(model=linear_model(), **FAST).fit(loader(90, 0)).gate_ is None
+    ensemble = DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))])
+    deup = DEUP(model=ensemble.eval(), **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    assert deup.gate_ is None
+
+
+def test_deup_save_load_keeps_the_gate(tmp_path):
+    model = linear_model()
+    deup = DEUP(model=model, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    reloaded = DEUP.load(tmp_path / "deup.pt", model=model)
+    x = torch.randn(30, 4) * 3
+    assert reloaded.gate_ is not None
+    assert torch.equal(deup(x), reloaded(x))

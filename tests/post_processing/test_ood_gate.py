@@ -85,11 +85,13 @@ def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
     assert without.gate_ is None
 
 
-def test_deup_has_no_gate_without_training_data_or_for_an_ensemble():
+def test_deup_has_no_gate_without_training_data_for_an_ensemble_or_a_one_wide_embedding():
     assert DEUP(model=linear_model(), **FAST).fit(loader(90, 0)).gate_ is None
     ensemble = DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))])
     deup = DEUP(model=ensemble.eval(), **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
     assert deup.gate_ is None
+    narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3)).eval()  # no residual space for ViM
+    assert DEUP(model=narrow, **FAST).fit(loader(90, 0), train_loader=loader(150, 1)).gate_ is None
 
 
 def test_deup_save_load_keeps_the_gate(tmp_path):

@@ -260,7 +260,7 @@ class DEUP(PostProcessing):
             per calibration sample, used under the same conditions (``0`` disables them).
         ood_prior: weight share of the extra rows when fitting the OOD gate
             (:mod:`torch_deup.post_processing.ood_gate`), used with those rows when the model has
-            a linear head (``0`` disables it).
+            a linear head on an embedding at least 2 wide, not for an ensemble (``0`` disables it).
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -453,7 +453,9 @@ class DEUP(PostProcessing):
             # an ensemble's logits are no single linear head's, which virtual outliers and ViM need
             linear_head = cal_outputs.members is None
             # the gate's ViM score rides along as a last column of the extra rows, then leaves them
-            gate_score = ViMScore().fit(*train) if self.ood_prior > 0 and linear_head else None
+            # ViM needs a residual space: an embedding at least 2 wide
+            wide = train[0].embedding.shape[1] >= 2
+            gate_score = ViMScore().fit(*train) if self.ood_prior > 0 and linear_head and wide else None
             row_features = [*features, gate_score] if gate_score is not None else features
             if self.held_out_classes > 0:
                 extra.append(

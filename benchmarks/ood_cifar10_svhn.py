@@ -3,7 +3,8 @@
     python benchmarks/ood_cifar10_svhn.py --data ../shared/data --checkpoint checkpoints/resnet20_cifar10.pt
 
 With several ``--checkpoint`` files the model is their :class:`~torch_deup.models.DeepEnsemble`:
-mutual information replaces ViM (an ensemble's logits are no single linear head's), DEUP adds the
+mutual information replaces ViM (an ensemble's logits are no single linear head's), max-logit and
+energy are left out (on log mean probabilities they are MSP and a constant), DEUP adds the
 members' disagreement to its features, and one more row ablates that feature. Outputs, plot and JSON
 then go to ``*_ensemble`` files.
 
@@ -149,7 +150,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"test accuracy {100 * test_acc:.2f}%")
     ensemble = sets["val"][0].members is not None
     rows = []
-    for name in BASELINES + (["mutual_information"] if ensemble else ["vim"]):
+    # an ensemble's logits are log mean probabilities: max-logit is MSP and energy is 0
+    baselines = [b for b in BASELINES if b not in ("logit", "energy")] if ensemble else BASELINES
+    for name in baselines + (["mutual_information"] if ensemble else ["vim"]):
         criterion = get_criterion(name)
         metrics, fit_time, per_1000 = timed(
             lambda c=criterion: c.fit(*sets["train"]) if c.needs_fit else c, lambda c, o: c(o), sets

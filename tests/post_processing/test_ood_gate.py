@@ -5,6 +5,8 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from torch_deup.features import ViMScore
+from torch_deup.features.distance import KNNDistance
 from torch_deup.models import DeepEnsemble
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import _feature_matrix
@@ -85,13 +87,16 @@ def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
     assert without.gate_ is None
 
 
-def test_deup_has_no_gate_without_training_data_for_an_ensemble_or_a_one_wide_embedding():
+def test_the_gate_reads_vim_where_the_head_is_linear_else_the_knn_distance_and_needs_training_data():
     assert DEUP(model=linear_model(), **FAST).fit(loader(90, 0)).gate_ is None
+    fit = {"train_loader": loader(150, 1)}
+    assert isinstance(DEUP(model=linear_model(), **FAST).fit(loader(90, 0), **fit).gate_score_, ViMScore)
     ensemble = DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))])
-    deup = DEUP(model=ensemble.eval(), **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
-    assert deup.gate_ is None
-    narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3)).eval()  # no residual space for ViM
-    assert DEUP(model=narrow, **FAST).fit(loader(90, 0), train_loader=loader(150, 1)).gate_ is None
+    narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))  # no residual space for ViM
+    for model in (ensemble, narrow):
+        deup = DEUP(model=model.eval(), **FAST).fit(loader(90, 0), **fit)
+        assert isinstance(deup.gate_score_, KNNDistance)
+        assert deup.gate_ is not None
 
 
 def test_deup_save_load_keeps_the_gate(tmp_path):

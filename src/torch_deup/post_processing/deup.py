@@ -29,9 +29,10 @@ the model's outputs for an input to the loss the model incurs there. Read top to
 
 6. With a gate (:mod:`torch_deup.post_processing.ood_gate`, ``ood_prior=``), the score is
    ``cost * pi + (1 - pi) * g``, ``pi`` the probability that the input is out of distribution
-   given its ViM score (its KNN distance where ViM does not apply, as for an ensemble), fitted on the calibration rows against the extra rows of step 3. ``g``
-   alone ranks inputs in the tail of the training data's features as it ranks in-distribution
-   inputs there, mostly as safe; the gate ranks them as likely OOD.
+   given its ViM score (its KNN distance where ViM does not apply, as for an ensemble), fitted
+   on the calibration rows against the extra rows of step 3. ``g`` alone ranks inputs in the
+   tail of the training data's features as it ranks in-distribution inputs there, mostly as
+   safe; the gate ranks them as likely OOD.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased

@@ -93,10 +93,16 @@ def test_the_gate_reads_vim_where_the_head_is_linear_else_the_knn_distance_and_n
     assert isinstance(DEUP(model=linear_model(), **FAST).fit(loader(90, 0), **fit).gate_score_, ViMScore)
     ensemble = DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))])
     narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))  # no residual space for ViM
+    x = torch.randn(20, 4)
     for model in (ensemble, narrow):
         deup = DEUP(model=model.eval(), **FAST).fit(loader(90, 0), **fit)
-        assert isinstance(deup.gate_score_, KNNDistance)
+        # the gate reads g's own KNN column: no second pass over the bank
         assert deup.gate_ is not None
+        assert deup.gate_score_ is None
+        outputs = deup.model_outputs(x)
+        knn = next(f for f in deup.features_ if type(f) is KNNDistance)
+        column = _feature_matrix(deup.features_, outputs)[:, deup.gate_column_]
+        torch.testing.assert_close(column, knn(outputs)[:, 0])
 
 
 def test_deup_save_load_keeps_the_gate(tmp_path):

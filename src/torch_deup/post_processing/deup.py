@@ -381,14 +381,20 @@ class DEUP(PostProcessing):
             features.append(EnsembleDisagreement())
         return features
 
-    def _gate_score(self, train: tuple[ModelOutputs, Tensor], linear_head: bool) -> FeatureExtractor:
+    def _gate_score(
+        self, features: Sequence[FeatureExtractor], train: tuple[ModelOutputs, Tensor], linear_head: bool
+    ) -> FeatureExtractor:
         """The OOD gate's score, fitted: ViM, the best far-OOD detector on the proxy, where it
         applies (a linear head on an embedding at least 2 wide); else the KNN distance, second
-        by far-OOD SCOD_AUGRC on the proxy (13.54 against GDA's 13.69)."""
+        by far-OOD SCOD_AUGRC on the proxy (13.54 against GDA's 13.69), shared with ``g``'s
+        features when they hold one."""
         if linear_head and train[0].embedding.shape[1] >= 2:
             return ViMScore().fit(*train)
-        k, bank = _knn_bank(len(train[1]))
-        return KNNDistance(k=k, bank_size=bank, seed=self.seed).fit(*train)
+        knn = next((f for f in features if type(f) is KNNDistance), None)
+        if knn is None:
+            k, bank = _knn_bank(len(train[1]))
+            knn = KNNDistance(k=k, bank_size=bank, seed=self.seed).fit(*train)
+        return knn
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         model = self._require_model()
@@ -460,9 +466,11 @@ class DEUP(PostProcessing):
             self.error_cost_ = cost = error_cost(cal_outputs, cal_targets, errors)
             # an ensemble's logits are no single linear head's, which virtual outliers and ViM need
             linear_head = cal_outputs.members is None
-            # the gate's ViM score rides along as a last column of the extra rows, then leaves them
-            gate_score = self._gate_score(train, linear_head) if self.ood_prior > 0 else None
-            row_features = [*features, gate_score] if gate_score is not None else features
+            gate_score = self._gate_score(features, train, linear_head) if self.ood_prior > 0 else None
+            # the gate's score is one of g's columns, or rides along as a last one, then leaves
+            self.gate_column_ = _column_of(features, gate_score, cal_outputs)
+            own_column = gate_score is not None and self.gate_column_ is None
+            row_features = [*features, gate_score] if own_column else features
             if self.held_out_classes > 0:
                 extra.append(
                     held_out_class_rows(
@@ -473,10 +481,13 @@ class DEUP(PostProcessing):
             if num_virtual > 0:
                 extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
             if gate_score is not None and extra:
-                outlier_scores = torch.cat([extra_x[:, -1] for extra_x, _ in extra])
-                extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
-                self.gate_ = OODGate(self.ood_prior).fit(gate_score(cal_outputs)[:, 0], outlier_scores)
-                self.gate_score_ = gate_score
+                column = -1 if own_column else self.gate_column_
+                outlier_scores = torch.cat([extra_x[:, column] for extra_x, _ in extra])
+                if own_column:
+                    extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
+                cal_scores = gate_score(cal_outputs)[:, 0] if own_column else x[:, column]
+                self.gate_ = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
+                self.gate_score_ = gate_score if own_column else None
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -545,7 +556,10 @@ class DEUP(PostProcessing):
         with torch.no_grad():
             scores = self.g_(self.scaler_(x))
         if self.gate_ is not None:
-            ood = self.gate_.predict(self.gate_score_(outputs)[:, 0])
+            gate_scores = (
+                x[:, self.gate_column_] if self.gate_score_ is None else self.gate_score_(outputs)[:, 0]
+            )
+            ood = self.gate_.predict(gate_scores)
             scores = self.error_cost_ * ood + (1 - ood) * scores
         return scores.to(outputs.logits.device)
 
@@ -579,7 +593,8 @@ class DEUP(PostProcessing):
             if self.gate_ is None
             else {
                 "state": self.gate_.state_dict(),
-                "score": _entry(self.gate_score_),
+                "score": None if self.gate_score_ is None else _entry(self.gate_score_),
+                "column": self.gate_column_,
                 "error_cost": self.error_cost_,
             },
         }
@@ -603,7 +618,9 @@ class DEUP(PostProcessing):
         if state["gate"] is not None:
             deup.gate_ = OODGate(deup.ood_prior)
             deup.gate_.load_state_dict(state["gate"]["state"])
-            deup.gate_score_ = _rebuild(state["gate"]["score"])
+            score = state["gate"]["score"]
+            deup.gate_score_ = None if score is None else _rebuild(score)
+            deup.gate_column_ = state["gate"]["column"]
             deup.error_cost_ = state["gate"]["error_cost"]
         return deup
 
@@ -623,6 +640,18 @@ def _single_thread() -> Iterator[None]:
 def _plain(outputs: ModelOutputs) -> ModelOutputs:
     """A CPU copy usable by autograd (inference-mode tensors are not)."""
     return outputs.detach()._map(lambda t: t.float().cpu().clone())
+
+
+def _column_of(
+    features: Sequence[FeatureExtractor], extractor: FeatureExtractor | None, outputs: ModelOutputs
+) -> int | None:
+    """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature."""
+    start = 0
+    for f in features:
+        if f is extractor:
+            return start
+        start += f(outputs[:1]).reshape(1, -1).shape[1]
+    return None
 
 
 def _knn_bank(num_train: int) -> tuple[int, int]:

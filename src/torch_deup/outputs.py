@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -78,21 +79,36 @@ class OutputCapture:
         from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
 
         self.model = model
-        self.members = list(model.members) if isinstance(model, DeepEnsemble) else []
+        ensemble = next((m for m in model.modules() if isinstance(m, DeepEnsemble)), None)
+        self.members = list(ensemble.members) if ensemble is not None else []
         self.heads = [last_linear(m) for m in self.members] if self.members else [last_linear(model)]
-        self._embeddings: list[Tensor] = []
-        self._member_logits: list[Tensor] = []
+        if len({id(m) for m in self.members}) < len(self.members) or len({id(h) for h in self.heads}) < len(
+            self.heads
+        ):
+            raise ValueError(
+                "The ensemble's members share modules (the same member twice, or one head for several "
+                "members), so their outputs cannot be told apart. Give each member its own modules."
+            )
+        self._embeddings: dict[int, Tensor] = {}
+        self._member_logits: dict[int, Tensor] = {}
 
-    def _embedding_hook(self, module: nn.Module, args: tuple[Tensor, ...]) -> None:
-        self._embeddings.append(args[0].flatten(1))
+    def _embedding_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        # a head called twice in one forward keeps its last input, the one its output came from
+        self._embeddings[index] = args[0].flatten(1)
 
-    def _member_hook(self, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-        self._member_logits.append(output)
+    def _member_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+        self._member_logits[index] = output
 
     @contextmanager
     def hooked(self) -> Iterator[None]:
-        handles = [head.register_forward_pre_hook(self._embedding_hook) for head in self.heads]
-        handles += [member.register_forward_hook(self._member_hook) for member in self.members]
+        handles = [
+            head.register_forward_pre_hook(partial(self._embedding_hook, i))
+            for i, head in enumerate(self.heads)
+        ]
+        handles += [
+            member.register_forward_hook(partial(self._member_hook, i))
+            for i, member in enumerate(self.members)
+        ]
         try:
             yield
         finally:
@@ -100,13 +116,17 @@ class OutputCapture:
                 handle.remove()
 
     def __call__(self, x: Tensor) -> ModelOutputs:
-        self._embeddings, self._member_logits = [], []
+        self._embeddings, self._member_logits = {}, {}
         with self.hooked():
             logits = self.model(x)
-        # a head called more than once per forward would leave extra entries: keep each head's last
-        embedding = torch.cat(self._embeddings[-len(self.heads) :], dim=1) if self._embeddings else None
-        members = torch.stack(self._member_logits, dim=1) if self.members else None
-        self._embeddings, self._member_logits = [], []
+        embeddings = [self._embeddings[i] for i in range(len(self.heads)) if i in self._embeddings]
+        embedding = torch.cat(embeddings, dim=1) if len(embeddings) == len(self.heads) else None
+        members = (
+            torch.stack([self._member_logits[i] for i in range(len(self.members))], dim=1)
+            if self.members
+            else None
+        )
+        self._embeddings, self._member_logits = {}, {}
         return ModelOutputs(logits, embedding, members)
 
 

@@ -144,16 +144,27 @@ def test_trust_score_without_the_predicted_class_is_zero_and_alone_is_one(train,
     assert torch.equal(only_2(ModelOutputs(logits, queries)), torch.ones(23, 1))
 
 
-def test_trust_score_bank_keeps_labels_with_their_rows_and_round_trips(train, queries, tmp_path):
+def test_trust_score_bank_samples_each_class_keeps_labels_with_rows_and_round_trips(train, queries, tmp_path):
     outputs, targets = train
     trust = TrustScore(3, bank_size=30, seed=5).fit(outputs, targets)
-    kept = torch.randperm(60, generator=torch.Generator().manual_seed(5))[:30]
-    assert torch.equal(trust.bank_labels_, targets[kept])
+    assert torch.bincount(trust.bank_labels_).tolist() == [10, 10, 10]  # half of each class
+    normalized = torch.nn.functional.normalize(outputs.embedding, dim=1)
+    rows = (trust.bank_ @ normalized.T).argmax(1)  # each bank row is a training row
+    assert torch.equal(targets[rows], trust.bank_labels_)
     torch.save(trust.state_dict(), tmp_path / "trust.pt")
     fresh = TrustScore(3, bank_size=30, seed=5)
     fresh.load_state_dict(torch.load(tmp_path / "trust.pt", weights_only=True))
     query = ModelOutputs(torch.randn(23, 3), queries)
     assert torch.equal(fresh(query), trust(query))
+
+
+def test_trust_score_subsample_keeps_a_rare_class():
+    embedding = torch.randn(102, 4, generator=torch.Generator().manual_seed(0))
+    targets = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(2, dtype=torch.long)])
+    trust = TrustScore(k=5, bank_size=10).fit(ModelOutputs(torch.zeros(102, 2), embedding), targets)
+    assert torch.bincount(trust.bank_labels_).tolist() == [10, 2]
+    rare = ModelOutputs(torch.tensor([[0.0, 1.0]]), embedding[100:101])
+    assert trust(rare).item() > 0  # predicted as the rare class, which the bank still holds
 
 
 def test_mahalanobis_matches_numpy(train, queries):

@@ -53,3 +53,19 @@ def test_bad_ensembles_are_refused():
     mixed = DeepEnsemble([members(1, num_classes=3)[0], members(1, num_classes=4)[0]])
     with pytest.raises(ValueError, match="same C"):
         mixed(torch.randn(2, 5))
+
+
+def test_members_sharing_modules_are_refused_and_a_nested_ensemble_is_found():
+    member = members(1)[0]
+    with pytest.raises(ValueError, match="share modules"):
+        OutputCapture(DeepEnsemble([member, member]))
+    shared_head = nn.Linear(8, 4)
+    bodies = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), shared_head) for _ in range(2)]
+    with pytest.raises(ValueError, match="share modules"):
+        OutputCapture(DeepEnsemble(bodies))
+    ensemble = DeepEnsemble(members())
+    wrapped = nn.Sequential(nn.Identity(), ensemble)
+    with torch.no_grad():
+        out = OutputCapture(wrapped)(torch.randn(3, 5))
+    assert out.members.shape == (3, 3, 4)
+    assert out.embedding.shape == (3, 24)

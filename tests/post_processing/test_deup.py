@@ -206,6 +206,32 @@ def test_g_learns_that_disagreeing_members_mean_errors():
     assert roc_auc_score(disagree.numpy(), deup.score_outputs(test).numpy()) > 0.95
 
 
+def test_an_ensemble_of_dropout_members_fits_without_one_heads_dropout_variance():
+    torch.manual_seed(0)
+    drop = [nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3)) for _ in range(2)]
+    deup = DEUP(model=DeepEnsemble(drop).eval(), held_out_classes=2, **FAST)
+    deup.fit(loader(), train_loader=loader(n=120))
+    assert not any(isinstance(f, DropoutVariance) for f in deup.features_)
+
+
+@pytest.mark.parametrize("num_logits", [1, 2])
+def test_binary_models_fit_with_training_data(num_logits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, num_logits)).eval()
+    deup = DEUP(model=model, **FAST).fit(loader(num_classes=2), train_loader=loader(n=120, num_classes=2))
+    scores = deup(torch.randn(10, 4))
+    assert scores.shape == (10,)
+    assert torch.isfinite(scores).all()
+
+
+def test_a_failed_refit_leaves_the_estimator_unfitted():
+    deup = DEUP(model=mlp(), **FAST).fit(loader())
+    with pytest.raises(ValueError, match="class indices"):
+        deup.fit(DataLoader(TensorDataset(torch.randn(20, 4), torch.full((20,), 7)), batch_size=8))
+    with pytest.raises(NotFittedError):
+        deup(torch.randn(2, 4))
+
+
 def test_fit_inside_inference_mode_and_score_outputs_match_call():
     deup = DEUP(model=mlp(), **FAST)
     with torch.inference_mode():

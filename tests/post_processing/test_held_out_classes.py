@@ -93,3 +93,10 @@ def test_deup_adds_one_held_out_row_per_calibration_sample():
     deup = DEUP(features=features, virtual_outliers=0, ood_prior=0, max_epochs=5, progress=False)
     deup.fit_outputs(cal, cal_y, train, train_y)
     assert len(deup.errors_) == 2 * len(cal_y)
+
+
+def test_error_cost_of_a_single_logit_model_reads_its_two_classes():
+    logits = torch.tensor([[-2.0], [3.0], [1.0]])  # predictions 0, 1, 1
+    targets = torch.tensor([0, 1, 0])
+    errors = torch.tensor([0.1, 0.2, 0.9])
+    assert error_cost(ModelOutputs(logits), targets, errors) == pytest.approx(0.9)

@@ -113,3 +113,20 @@ def test_deup_save_load_keeps_the_gate(tmp_path):
     x = torch.randn(30, 4) * 3
     assert reloaded.gate_ is not None
     assert torch.equal(deup(x), reloaded(x))
+
+
+def test_no_extra_rows_means_no_gate():
+    deup = DEUP(model=linear_model(), held_out_classes=0, virtual_outliers=0, max_epochs=3, progress=False)
+    assert deup.fit(loader(90, 0), train_loader=loader(150, 1)).gate_ is None
+
+
+def test_the_shared_knn_column_is_what_the_gate_mixes_in():
+    torch.manual_seed(0)
+    narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3)).eval()
+    deup = DEUP(model=narrow, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    outputs = deup.model_outputs(torch.randn(40, 4) * 3)
+    x = _feature_matrix(deup.features_, outputs)
+    with torch.no_grad():
+        g = deup.g_(deup.scaler_(x))
+    pi = deup.gate_.predict(x[:, deup.gate_column_])
+    torch.testing.assert_close(deup.score_outputs(outputs), deup.error_cost_ * pi + (1 - pi) * g)

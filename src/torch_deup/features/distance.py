@@ -68,7 +68,7 @@ class KNNDistance(FeatureExtractor):
 
     Example:
         >>> import torch
-        >>> from torch_deup.outputs import ModelOutputs, class_logits
+        >>> from torch_deup.outputs import ModelOutputs
         >>> train = ModelOutputs(torch.zeros(100, 2), torch.randn(100, 8))
         >>> knn = KNNDistance(k=5).fit(train, torch.zeros(100, dtype=torch.long))
         >>> knn(ModelOutputs(torch.zeros(3, 2), torch.randn(3, 8))).shape
@@ -163,7 +163,8 @@ class TrustScore(KNNDistance):
     use the nearest neighbour after filtering low-density points. A predicted class with no
     training row scores 0 ("no support": the held-out-class protocol removes classes); a bank of
     the predicted class alone scores 1. Same arguments, bank and memory bound as
-    :class:`KNNDistance`; the bank also keeps its labels, ``bank_labels_``.
+    :class:`KNNDistance`, except that ``bank_size`` samples each class in proportion (and keeps at
+    least ``min(k, class size)`` rows of each); the bank also keeps its labels, ``bank_labels_``.
 
     Example:
         >>> import torch
@@ -195,13 +196,24 @@ class TrustScore(KNNDistance):
         embedding = require_embedding(outputs, self)
         labels = check_fit_inputs(embedding, targets)
         if self.bank_size is not None and self.bank_size < embedding.shape[0]:
-            generator = torch.Generator().manual_seed(self.seed)
-            keep = torch.randperm(embedding.shape[0], generator=generator)[: self.bank_size]
+            keep = self._stratified_subset(labels)
             embedding, labels = embedding[keep], labels[keep]
         self.classes_ = torch.unique(labels)
         self.bank_ = self._prepare(embedding).contiguous()
         self.bank_labels_ = labels
         return self
+
+    def _stratified_subset(self, labels: Tensor) -> Tensor:
+        """A seeded random ``bank_size / N`` of each class, and never fewer than ``min(k, class
+        size)`` rows: a subsample must not drop a class, whose samples would all score 0."""
+        generator = torch.Generator().manual_seed(self.seed)
+        fraction = self.bank_size / len(labels)
+        keep = []
+        for c in torch.unique(labels):
+            members = torch.nonzero(labels == c).flatten()
+            count = max(round(fraction * len(members)), min(self.k, len(members)))
+            keep.append(members[torch.randperm(len(members), generator=generator)[:count]])
+        return torch.cat(keep).sort().values
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "bank_")
@@ -248,7 +260,7 @@ class MahalanobisDistance(FeatureExtractor):
 
     Example:
         >>> import torch
-        >>> from torch_deup.outputs import ModelOutputs, class_logits
+        >>> from torch_deup.outputs import ModelOutputs
         >>> z, y = torch.randn(200, 3), torch.arange(200) % 2
         >>> maha = MahalanobisDistance().fit(ModelOutputs(torch.zeros(200, 2), z), y)
         >>> maha(ModelOutputs(torch.zeros(4, 2), torch.randn(4, 3))).shape

@@ -108,9 +108,9 @@ class EnsembleDisagreement(FeatureExtractor):
                 "Wrap the members in torch_deup.models.DeepEnsemble and collect outputs with "
                 "OutputCapture or collect_outputs, which record them."
             )
-        if outputs.members.ndim != 3 or outputs.members.shape[1] < 2:
+        if outputs.members.ndim != 3 or outputs.members.shape[1] < 2 or outputs.members.shape[2] < 2:
             raise ValueError(
-                "Expected member logits of shape (N, M, C) with M >= 2, but got "
+                "Expected member logits of shape (N, M, C) with M >= 2 and C >= 2, but got "
                 f"{tuple(outputs.members.shape)}."
             )
         probs = outputs.members.float().softmax(dim=2)

@@ -258,9 +258,11 @@ class DEUP(PostProcessing):
         held_out_weight: loss weight of each held-out-class or virtual-outlier row relative to a
             calibration row.
         virtual_outliers: virtual outliers (:mod:`torch_deup.post_processing.virtual_outliers`)
-            per calibration sample, used under the same conditions (``0`` disables them).
+            per calibration sample, used under the same conditions but not for an ensemble
+            (``0`` disables them).
         ood_prior: weight share of the extra rows when fitting the OOD gate
-            (:mod:`torch_deup.post_processing.ood_gate`), used with those rows (``0`` disables it).
+            (:mod:`torch_deup.post_processing.ood_gate`); there is a gate when there are extra rows
+            (``0`` disables it).
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -375,7 +377,8 @@ class DEUP(PostProcessing):
                 # on the proxy: misclassification AUROC 90.94 -> 92.14, held-out-class AUROC
                 # 96.74 -> 97.85, for one more pass over the same bank
                 features.append(TrustScore(k=k, bank_size=bank, seed=self.seed))
-        if self.model is not None and dropout_rate(self.model) > 0:
+        # an ensemble's embedding joins its members': one head's dropout variance does not apply
+        if self.model is not None and dropout_rate(self.model) > 0 and not ensemble:
             features.append(DropoutVariance.from_model(self.model))
         if ensemble and self.task == "classification":
             features.append(EnsembleDisagreement())
@@ -442,6 +445,8 @@ class DEUP(PostProcessing):
                 f"DEUP needs at least `num_folds` = {self.num_folds} calibration samples, but got "
                 f"{len(cal_targets)}. Give more calibration data or lower `num_folds`."
             )
+        # a fit that fails half way leaves the estimator unfitted, never half updated
+        self.g_ = None
         errors = per_sample_errors(self.task, cal_outputs.logits, cal_targets)
         # copies: fitting must not change the extractors the user passed as a parameter
         features = (
@@ -461,15 +466,18 @@ class DEUP(PostProcessing):
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         extra = []
-        self.gate_ = self.gate_score_ = None
+        gate, gate_score, gate_column, cost = None, None, None, None
         if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
-            self.error_cost_ = cost = error_cost(cal_outputs, cal_targets, errors)
+            cost = error_cost(cal_outputs, cal_targets, errors)
             # an ensemble's logits are no single linear head's, which virtual outliers and ViM need
             linear_head = cal_outputs.members is None
-            gate_score = self._gate_score(features, train, linear_head) if self.ood_prior > 0 else None
-            # the gate's score is one of g's columns, or rides along as a last one, then leaves
-            self.gate_column_ = _column_of(features, gate_score, cal_outputs)
-            own_column = gate_score is not None and self.gate_column_ is None
+            num_virtual = round(self.virtual_outliers * len(cal_targets)) if linear_head else 0
+            # the gate is fitted against the extra rows: without any, there is no gate
+            if self.ood_prior > 0 and (self.held_out_classes > 0 or num_virtual > 0):
+                gate_score = self._gate_score(features, train, linear_head)
+                # the gate's score is one of g's columns, or rides along as a last one, then leaves
+                gate_column = _column_of(features, gate_score, cal_outputs)
+            own_column = gate_score is not None and gate_column is None
             row_features = [*features, gate_score] if own_column else features
             if self.held_out_classes > 0:
                 extra.append(
@@ -477,17 +485,16 @@ class DEUP(PostProcessing):
                         row_features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
                     )
                 )
-            num_virtual = round(self.virtual_outliers * len(cal_targets)) if linear_head else 0
             if num_virtual > 0:
                 extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
-            if gate_score is not None and extra:
-                column = -1 if own_column else self.gate_column_
+            if gate_score is not None:
+                column = -1 if own_column else gate_column
                 outlier_scores = torch.cat([extra_x[:, column] for extra_x, _ in extra])
                 if own_column:
                     extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
                 cal_scores = gate_score(cal_outputs)[:, 0] if own_column else x[:, column]
-                self.gate_ = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
-                self.gate_score_ = gate_score if own_column else None
+                gate = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
+                gate_score = gate_score if own_column else None
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -496,8 +503,17 @@ class DEUP(PostProcessing):
         self.features_ = features
         self.scaler_ = FeatureScaler.fit(x, num_calibration=len(cal_targets))
         self.errors_ = errors
+        self.gate_, self.gate_score_, self.gate_column_, self.error_cost_ = (
+            gate,
+            gate_score,
+            gate_column,
+            cost,
+        )
         directions = torch.cat(
-            [torch.full((f(cal_outputs[:1]).reshape(1, -1).shape[1],), f.ood_direction) for f in features]
+            [
+                torch.full((width,), f.ood_direction)
+                for f, width in zip(features, _widths(features, cal_outputs), strict=True)
+            ]
         )
         make_g = partial(
             ErrorPredictor, x.shape[1], self.hidden_dim, self.scaler_.low, self.scaler_.high, directions
@@ -551,6 +567,7 @@ class DEUP(PostProcessing):
         """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
         mixed with the OOD gate's probability when there is a gate."""
         self._check_fitted()
+        device = outputs.logits.device
         outputs = outputs.to("cpu")
         x = _feature_matrix(self.features_, outputs)
         with torch.no_grad():
@@ -561,7 +578,7 @@ class DEUP(PostProcessing):
             )
             ood = self.gate_.predict(gate_scores)
             scores = self.error_cost_ * ood + (1 - ood) * scores
-        return scores.to(outputs.logits.device)
+        return scores.to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
         self._check_fitted()
@@ -615,7 +632,7 @@ class DEUP(PostProcessing):
         deup.g_.eval()
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
         deup.gate_ = deup.gate_score_ = None
-        if state["gate"] is not None:
+        if state.get("gate") is not None:  # files saved before the gate existed have none
             deup.gate_ = OODGate(deup.ood_prior)
             deup.gate_.load_state_dict(state["gate"]["state"])
             score = state["gate"]["score"]
@@ -642,16 +659,17 @@ def _plain(outputs: ModelOutputs) -> ModelOutputs:
     return outputs.detach()._map(lambda t: t.float().cpu().clone())
 
 
+def _widths(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> list[int]:
+    """The number of columns each extractor adds to the feature matrix."""
+    return [f(outputs[:1]).reshape(1, -1).shape[1] for f in features]
+
+
 def _column_of(
     features: Sequence[FeatureExtractor], extractor: FeatureExtractor | None, outputs: ModelOutputs
 ) -> int | None:
     """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature."""
-    start = 0
-    for f in features:
-        if f is extractor:
-            return start
-        start += f(outputs[:1]).reshape(1, -1).shape[1]
-    return None
+    starts = torch.tensor([0, *_widths(features, outputs)]).cumsum(0).tolist()
+    return next((start for f, start in zip(features, starts, strict=False) if f is extractor), None)
 
 
 def _knn_bank(num_train: int) -> tuple[int, int]:

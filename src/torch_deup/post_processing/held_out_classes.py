@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from torch_deup.features.base import FeatureExtractor
-from torch_deup.outputs import ModelOutputs
+from torch_deup.outputs import ModelOutputs, class_logits
 
 
 def class_groups(classes: Tensor, num_groups: int, seed: int) -> list[Tensor]:
@@ -46,7 +46,7 @@ def class_groups(classes: Tensor, num_groups: int, seed: int) -> list[Tensor]:
 
 def error_cost(cal_outputs: ModelOutputs, cal_targets: Tensor, errors: Tensor) -> float:
     """The mean loss of the model's misclassified calibration samples (the largest loss if none)."""
-    wrong = cal_outputs.logits.argmax(1) != cal_targets
+    wrong = class_logits(cal_outputs.logits).argmax(1) != cal_targets
     return float(errors[wrong].mean() if wrong.any() else errors.max())
 
 
@@ -71,8 +71,9 @@ def held_out_class_rows(
             "of the features needs fitting. Add a density or distance feature, or set `held_out_classes=0`."
         )
     classes = torch.unique(train_targets)
-    num_groups = min(num_groups, len(classes) - 1)
-    if num_groups < 1:
+    # every group leaves at least one class to refit on: at most one group per class
+    num_groups = min(num_groups, len(classes))
+    if num_groups < 2:
         raise ValueError("The held-out-class protocol needs at least 2 classes in the training data.")
     rows = []
     for group in class_groups(classes, num_groups, seed):

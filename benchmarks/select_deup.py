@@ -12,7 +12,8 @@ or a 4 x 4 grid of their patches, shuffled; validation images at an eighth of th
 scored too. Prints held-out-class AUROC, misclassification AUROC on half B, SCOD_AUGRC (with the
 held-out classes) and the AUROC on each synthetic kind for MSP, KNN, GDA, ViM and each DEUP
 configuration given as JSON, averaged over ``--draws`` draws of the held-out pair (each draw also
-reseeds the halves and DEUP).
+reseeds the halves and DEUP). With several ``--checkpoint`` files, the same for their deep ensemble
+(mutual information replaces ViM), from the outputs ``ood_cifar10_svhn.py`` cached for it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ood_cifar10_svhn import load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
-from torch_deup.hub import load_checkpoint
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
-from torch_deup.models.classification.resnet import resnet
 from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs, collect_outputs
 from torch_deup.post_processing import DEUP
@@ -78,14 +78,14 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
 
 
 def synthetic_outputs(
-    data: str, checkpoint: str, split_seed: int = 0, n: int = 1000
+    data: str, checkpoints: list[str], split_seed: int = 0, n: int = 1000
 ) -> dict[str, ModelOutputs]:
     """The model's outputs on ``n`` images of each :func:`corrupt` kind, made from validation images."""
     train = load_image_folder(f"{data}/train", progress=False)
     _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
     generator = torch.Generator().manual_seed(0)
     val = train.images[val_idx[:n]]
-    model = load_checkpoint(resnet(arch=20, num_classes=10), checkpoint).eval()
+    model = load_model(checkpoints)
     outputs = {}
     for kind in SYNTHETIC:
         images = corrupt(val, kind, generator)
@@ -121,15 +121,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("configs", nargs="*", help="DEUP keyword arguments as JSON, one per configuration")
     parser.add_argument("--draws", type=int, default=3, help="held-out pairs to average over")
-    parser.add_argument("--outputs", default="results/cifar10_svhn_outputs.pt")
+    parser.add_argument("--outputs", default=None, help="the outputs cached by ood_cifar10_svhn.py")
     parser.add_argument("--data", default="../shared/data/cifar10")
-    parser.add_argument("--checkpoint", default="checkpoints/resnet20_cifar10.pt")
+    parser.add_argument(
+        "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
+    )
     args = parser.parse_args()
+    ensemble = len(args.checkpoint) > 1
+    outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
-    saved = torch.load(args.outputs, weights_only=True)
-    sets = {k: (ModelOutputs(v["logits"], v["embedding"]), v["targets"]) for k, v in saved["sets"].items()}
+    saved = torch.load(outputs, weights_only=True)
+    sets = {
+        k: (ModelOutputs(v["logits"], v["embedding"], v.get("members")), v["targets"])
+        for k, v in saved["sets"].items()
+    }
     far = synthetic_outputs(args.data, args.checkpoint)
-    baselines = ["msp", "knn", "gda", "vim"]
+    # ViM needs one linear head; an ensemble has mutual information instead
+    baselines = ["msp", "knn", "gda", "mutual_information" if ensemble else "vim"]
     names = baselines + [f"DEUP {c}" for c in args.configs]
     results = {name: [] for name in names}
     fit_times = {name: 0.0 for name in names}

@@ -176,13 +176,13 @@ def test_a_model_trained_with_dropout_adds_its_dropout_variance_and_round_trips(
     assert torch.equal(deup(x), DEUP.load(tmp_path / "deup.pt", model=model)(x))
 
 
-def test_an_ensemble_adds_its_disagreement_skips_virtual_outliers_and_round_trips(tmp_path):
+def test_an_ensemble_adds_its_disagreement_and_round_trips(tmp_path):
     torch.manual_seed(0)
     ensemble = DeepEnsemble([mlp(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))]).eval()
     deup = DEUP(model=ensemble, held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
     assert sum(isinstance(f, EnsembleDisagreement) for f in deup.features_) == 1
-    # calibration rows plus one held-out-class row each; no virtual outliers for an ensemble
-    assert len(deup.errors_) == 2 * 60
+    # calibration rows, one held-out-class row each and half as many virtual outliers
+    assert len(deup.errors_) == 60 + 60 + 30
     deup.save(tmp_path / "deup.pt")
     x = torch.randn(30, 4)
     assert torch.equal(deup(x), DEUP.load(tmp_path / "deup.pt", model=ensemble)(x))

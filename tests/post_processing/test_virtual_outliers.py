@@ -4,7 +4,8 @@ from scipy.stats import chi2
 
 from torch_deup.features.distance import MahalanobisDistance
 from torch_deup.features.outputs import OutputStatistics
-from torch_deup.outputs import ModelOutputs
+from torch_deup.models import DeepEnsemble
+from torch_deup.outputs import ModelOutputs, OutputCapture
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows, virtual_outliers
 
@@ -69,3 +70,21 @@ def test_deup_refuses_a_bad_virtual_outlier_rate(value):
         DEUP(virtual_outliers=value, progress=False).fit_outputs(
             ModelOutputs(torch.zeros(10, 2)), torch.zeros(10)
         )
+
+
+def test_an_ensembles_outliers_carry_each_members_head_on_its_own_slice():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(
+        [torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)) for _ in range(2)]
+    )
+    x, targets = torch.randn(300, 5), torch.arange(300) % 3
+    with torch.no_grad():
+        outputs = OutputCapture(ensemble.eval())(x)
+    virtual = virtual_outliers((outputs, targets), 30, seed=0)
+    assert virtual.members.shape == (30, 2, 3)
+    with torch.no_grad():
+        for m, member in enumerate(ensemble.members):
+            own_slice = virtual.embedding[:, 6 * m : 6 * (m + 1)]
+            torch.testing.assert_close(virtual.members[:, m], member[2](own_slice), rtol=1e-4, atol=1e-4)
+    mean_prob = virtual.members.softmax(2).mean(1)
+    torch.testing.assert_close(virtual.logits.exp(), mean_prob, rtol=1e-5, atol=1e-6)

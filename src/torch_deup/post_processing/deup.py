@@ -258,8 +258,7 @@ class DEUP(PostProcessing):
         held_out_weight: loss weight of each held-out-class or virtual-outlier row relative to a
             calibration row.
         virtual_outliers: virtual outliers (:mod:`torch_deup.post_processing.virtual_outliers`)
-            per calibration sample, used under the same conditions but not for an ensemble
-            (``0`` disables them).
+            per calibration sample, used under the same conditions (``0`` disables them).
         ood_prior: weight share of the extra rows when fitting the OOD gate
             (:mod:`torch_deup.post_processing.ood_gate`); there is a gate when there are extra rows
             (``0`` disables it).
@@ -469,9 +468,9 @@ class DEUP(PostProcessing):
         gate, gate_score, gate_column, cost = None, None, None, None
         if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
             cost = error_cost(cal_outputs, cal_targets, errors)
-            # an ensemble's logits are no single linear head's, which virtual outliers and ViM need
+            # an ensemble's logits are no single linear head's, which ViM needs
             linear_head = cal_outputs.members is None
-            num_virtual = round(self.virtual_outliers * len(cal_targets)) if linear_head else 0
+            num_virtual = round(self.virtual_outliers * len(cal_targets))
             # the gate is fitted against the extra rows: without any, there is no gate
             if self.ood_prior > 0 and (self.held_out_classes > 0 or num_virtual > 0):
                 gate_score = self._gate_score(features, train, linear_head)

@@ -8,7 +8,10 @@ class-conditional Gaussians with a tied covariance fitted on the training embedd
 class, ``1 / tail`` times as many draws as needed, keeping the least likely ones. Their logits come
 from the linear head, recovered from the training outputs by least squares
 (:func:`~torch_deup.features.subspace.recover_linear_head`); their features from the fitted
-extractors; their target is the typical cost of an error, as for the held-out-class rows.
+extractors; their target is the typical cost of an error, as for the held-out-class rows. For a
+:class:`~torch_deup.models.ensemble.DeepEnsemble` the Gaussians live in the members' concatenated
+embedding and every member's head is recovered on it: an outlier carries each member's logits, so
+the members' disagreement is defined on it too.
 
 On the test-free proxy of ``benchmarks/select_deup.py`` (3 draws), adding half as many virtual
 outliers as calibration rows lifted the synthetic far-OOD AUROC from 71.1 to 90.1 and left the
@@ -17,6 +20,7 @@ held-out-class AUROC (96.9) and the misclassification AUROC (90.9, MSP 90.4) abo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +40,9 @@ def virtual_outliers(
         raise ValueError(f"Expected `tail` in (0, 1], but got {tail}.")
     outputs, targets = train
     gaussian = MahalanobisDistance().fit(outputs, targets)  # class means and tied covariance
-    weight, bias = recover_linear_head(outputs.embedding, outputs.logits)
+    # an ensemble's members are each affine in the concatenated embedding (in their own slice)
+    member_logits = [outputs.logits] if outputs.members is None else outputs.members.unbind(1)
+    heads = [recover_linear_head(outputs.embedding, logits) for logits in member_logits]
     per_class = -(-num // len(gaussian.means_))
     draws = max(per_class, round(per_class / tail))
     generator = torch.Generator().manual_seed(seed)
@@ -46,7 +52,12 @@ def virtual_outliers(
         least_likely = white.square().sum(1).topk(per_class).indices
         samples.append(mean + white[least_likely] @ gaussian.cholesky_.T)
     embedding = torch.cat(samples)[:num]
-    return ModelOutputs((embedding @ weight.T + bias).float(), embedding.float())
+    logits = [(embedding @ weight.T + bias).float() for weight, bias in heads]
+    if outputs.members is None:
+        return ModelOutputs(logits[0], embedding.float())
+    members = torch.stack(logits, dim=1)
+    mean_log_prob = torch.logsumexp(members.log_softmax(dim=2), dim=1) - math.log(members.shape[1])
+    return ModelOutputs(mean_log_prob, embedding.float(), members)
 
 
 def virtual_outlier_rows(

@@ -121,6 +121,12 @@ class OutputCapture:
             logits = self.model(x)
         embeddings = [self._embeddings[i] for i in range(len(self.heads)) if i in self._embeddings]
         embedding = torch.cat(embeddings, dim=1) if len(embeddings) == len(self.heads) else None
+        if len(self._member_logits) < len(self.members):
+            raise ValueError(
+                f"Only {len(self._member_logits)} of the {len(self.members)} members of the DeepEnsemble "
+                "inside this model ran in its forward. Capture outputs of the ensemble itself, or of a "
+                "model that runs it."
+            )
         members = (
             torch.stack([self._member_logits[i] for i in range(len(self.members))], dim=1)
             if self.members

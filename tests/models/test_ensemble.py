@@ -69,3 +69,17 @@ def test_members_sharing_modules_are_refused_and_a_nested_ensemble_is_found():
         out = OutputCapture(wrapped)(torch.randn(3, 5))
     assert out.members.shape == (3, 3, 4)
     assert out.embedding.shape == (3, 24)
+
+
+def test_an_ensemble_that_the_model_does_not_run_is_named():
+    class WithTeacher(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.student = members(1)[0]
+            self.teacher = DeepEnsemble(members())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.student(x)
+
+    with pytest.raises(ValueError, match="0 of the 3 members"):
+        OutputCapture(WithTeacher())(torch.randn(2, 5))

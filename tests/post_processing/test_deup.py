@@ -232,6 +232,17 @@ def test_a_failed_refit_leaves_the_estimator_unfitted():
         deup(torch.randn(2, 4))
 
 
+def test_a_save_from_before_the_shared_gate_column_still_loads(tmp_path):
+    model = mlp()
+    deup = DEUP(model=model, held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    del state["gate"]["column"]  # what the previous version wrote: its gate always had its own score
+    torch.save(state, tmp_path / "old.pt")
+    x = torch.randn(10, 4)
+    assert torch.equal(DEUP.load(tmp_path / "old.pt", model=model)(x), deup(x))
+
+
 def test_fit_inside_inference_mode_and_score_outputs_match_call():
     deup = DEUP(model=mlp(), **FAST)
     with torch.inference_mode():
@@ -270,6 +281,8 @@ class TripleDataset(torch.utils.data.Dataset):
     [
         ({"task": "segmentation"}, None, ValueError, "Expected `task`"),
         ({"num_folds": 1}, None, ValueError, "`num_folds` to be an integer >= 2"),
+        ({"held_out_classes": 1}, None, ValueError, "0 \\(off\\) or an integer >= 2"),
+        ({"ood_prior": 1.0}, None, ValueError, "`ood_prior` in"),
         (
             {"num_folds": 10},
             DataLoader(TensorDataset(torch.randn(6, 4), torch.arange(6) % 3)),

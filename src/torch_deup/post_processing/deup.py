@@ -337,9 +337,15 @@ class DEUP(PostProcessing):
             )
         if not isinstance(self.ood_prior, int | float) or not 0 <= self.ood_prior < 1:
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
-        if not isinstance(self.held_out_classes, int) or self.held_out_classes < 0:
+        if (
+            not isinstance(self.held_out_classes, int)
+            or self.held_out_classes < 0
+            or self.held_out_classes == 1
+        ):
+            # one group would hold out every class and leave nothing to refit on
             raise ValueError(
-                f"Expected `held_out_classes` to be an integer >= 0, but got {self.held_out_classes!r}."
+                "Expected `held_out_classes` to be 0 (off) or an integer >= 2, but got "
+                f"{self.held_out_classes!r}."
             )
 
     @property
@@ -636,7 +642,7 @@ class DEUP(PostProcessing):
             deup.gate_.load_state_dict(state["gate"]["state"])
             score = state["gate"]["score"]
             deup.gate_score_ = None if score is None else _rebuild(score)
-            deup.gate_column_ = state["gate"]["column"]
+            deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
             deup.error_cost_ = state["gate"]["error_cost"]
         return deup
 

@@ -470,36 +470,11 @@ class DEUP(PostProcessing):
         x = _feature_matrix(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
-        extra = []
-        gate, gate_score, gate_column, cost = None, None, None, None
+        extra, gate, gate_score, gate_column, cost = [], None, None, None, None
         if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
-            cost = error_cost(cal_outputs, cal_targets, errors)
-            # an ensemble's logits are no single linear head's, which ViM needs
-            linear_head = cal_outputs.members is None
-            num_virtual = round(self.virtual_outliers * len(cal_targets))
-            # the gate is fitted against the extra rows: without any, there is no gate
-            if self.ood_prior > 0 and (self.held_out_classes > 0 or num_virtual > 0):
-                gate_score = self._gate_score(features, train, linear_head)
-                # the gate's score is one of g's columns, or rides along as a last one, then leaves
-                gate_column = _column_of(features, gate_score, cal_outputs)
-            own_column = gate_score is not None and gate_column is None
-            row_features = [*features, gate_score] if own_column else features
-            if self.held_out_classes > 0:
-                extra.append(
-                    held_out_class_rows(
-                        row_features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
-                    )
-                )
-            if num_virtual > 0:
-                extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
-            if gate_score is not None:
-                column = -1 if own_column else gate_column
-                outlier_scores = torch.cat([extra_x[:, column] for extra_x, _ in extra])
-                if own_column:
-                    extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
-                cal_scores = gate_score(cal_outputs)[:, 0] if own_column else x[:, column]
-                gate = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
-                gate_score = gate_score if own_column else None
+            extra, gate, gate_score, gate_column, cost = self._extra_rows_and_gate(
+                features, x, cal_outputs, cal_targets, errors, train
+            )
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -525,6 +500,51 @@ class DEUP(PostProcessing):
         )
         with _single_thread():
             self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
+
+    def _extra_rows_and_gate(
+        self,
+        features: Sequence[FeatureExtractor],
+        x: Tensor,
+        cal_outputs: ModelOutputs,
+        cal_targets: Tensor,
+        errors: Tensor,
+        train: tuple[ModelOutputs, Tensor],
+    ) -> tuple[list[tuple[Tensor, Tensor]], OODGate | None, FeatureExtractor | None, int | None, float]:
+        """Step 3's extra rows (held-out classes, virtual outliers) and step 6's gate fitted on them.
+
+        Returns the rows with their targets, the gate, the gate's own score extractor (``None`` when
+        it reads ``g``'s column ``gate_column``), that column, and the error cost of the rows.
+        """
+        cost = error_cost(cal_outputs, cal_targets, errors)
+        # an ensemble's logits are no single linear head's, which ViM needs
+        linear_head = cal_outputs.members is None
+        num_virtual = round(self.virtual_outliers * len(cal_targets))
+        gate_score, gate_column = None, None
+        # the gate is fitted against the extra rows: without any, there is no gate
+        if self.ood_prior > 0 and (self.held_out_classes > 0 or num_virtual > 0):
+            gate_score = self._gate_score(features, train, linear_head)
+            # the gate's score is one of g's columns, or rides along as a last one, then leaves
+            gate_column = _column_of(features, gate_score, cal_outputs)
+        own_column = gate_score is not None and gate_column is None
+        row_features = [*features, gate_score] if own_column else features
+        extra = []
+        if self.held_out_classes > 0:
+            extra.append(
+                held_out_class_rows(
+                    row_features, train, cal_outputs, cal_targets, cost, self.held_out_classes, self.seed
+                )
+            )
+        if num_virtual > 0:
+            extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
+        if gate_score is None:
+            return extra, None, None, None, cost
+        column = -1 if own_column else gate_column
+        outlier_scores = torch.cat([extra_x[:, column] for extra_x, _ in extra])
+        if own_column:
+            extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
+        cal_scores = gate_score(cal_outputs)[:, 0] if own_column else x[:, column]
+        gate = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
+        return extra, gate, gate_score if own_column else None, gate_column, cost
 
     def _cross_fit(
         self,

@@ -6,10 +6,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torch_deup.features import ViMScore
+from torch_deup.features.base import feature_matrix
 from torch_deup.features.distance import KNNDistance
 from torch_deup.models import DeepEnsemble
 from torch_deup.post_processing import DEUP
-from torch_deup.post_processing.deup import _feature_matrix
 from torch_deup.post_processing.ood_gate import OODGate
 
 
@@ -80,7 +80,7 @@ def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
     x = torch.randn(40, 4) * 3
     outputs = deup.model_outputs(x)
     with torch.no_grad():
-        g = deup.g_(deup.scaler_(_feature_matrix(deup.features_, outputs)))
+        g = deup.g_(deup.scaler_(feature_matrix(deup.features_, outputs)))
     pi = deup.gate_.predict(deup.gate_score_(outputs)[:, 0])
     torch.testing.assert_close(deup(x), deup.error_cost_ * pi + (1 - pi) * g)
     without = DEUP(model=model, ood_prior=0, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
@@ -101,7 +101,7 @@ def test_the_gate_reads_vim_where_the_head_is_linear_else_the_knn_distance_and_n
         assert deup.gate_score_ is None
         outputs = deup.model_outputs(x)
         knn = next(f for f in deup.features_ if type(f) is KNNDistance)
-        column = _feature_matrix(deup.features_, outputs)[:, deup.gate_column_]
+        column = feature_matrix(deup.features_, outputs)[:, deup.gate_column_]
         torch.testing.assert_close(column, knn(outputs)[:, 0])
 
 
@@ -125,7 +125,7 @@ def test_the_shared_knn_column_is_what_the_gate_mixes_in():
     narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3)).eval()
     deup = DEUP(model=narrow, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
     outputs = deup.model_outputs(torch.randn(40, 4) * 3)
-    x = _feature_matrix(deup.features_, outputs)
+    x = feature_matrix(deup.features_, outputs)
     with torch.no_grad():
         g = deup.g_(deup.scaler_(x))
     pi = deup.gate_.predict(x[:, deup.gate_column_])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from torch_deup.outputs import ModelOutputs
@@ -20,6 +22,11 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
             f"This {type(estimator).__name__} instance is not fitted yet. "
             "Call 'fit' with appropriate arguments before using this estimator."
         )
+
+
+def feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:
+    """The ``(N, total width)`` float matrix of every extractor's columns, side by side."""
+    return torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in features], dim=1)
 
 
 class FeatureExtractor(ABC):

@@ -9,6 +9,7 @@ logits in the same pass, for the disagreement features of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -46,5 +47,9 @@ class DeepEnsemble(nn.Module):
                 f"Every member must return (N, C) logits with C >= 2 and the same C, but got shapes "
                 f"{sorted(shapes)}."
             )
-        log_probs = torch.stack(logits, dim=1).log_softmax(dim=2)
-        return torch.logsumexp(log_probs, dim=1) - torch.log(torch.tensor(float(len(logits))))
+        return mixture_log_probs(torch.stack(logits, dim=1))
+
+
+def mixture_log_probs(member_logits: Tensor) -> Tensor:
+    """``log(mean_m softmax(logits_m))`` of ``(N, M, C)`` member logits: the ensemble's ``(N, C)``."""
+    return torch.logsumexp(member_logits.log_softmax(dim=2), dim=1) - math.log(member_logits.shape[1])

@@ -59,7 +59,7 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from torch_deup.features.base import FeatureExtractor, NotFittedError
+from torch_deup.features.base import FeatureExtractor, NotFittedError, feature_matrix
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, TrustScore
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
@@ -467,7 +467,7 @@ class DEUP(PostProcessing):
                         "split: pass `train_loader` to fit (or its outputs to fit_outputs)."
                     )
                 extractor.fit(*train)
-        x = _feature_matrix(features, cal_outputs)
+        x = feature_matrix(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         extra, gate, gate_score, gate_column, cost = [], None, None, None, None
@@ -594,7 +594,7 @@ class DEUP(PostProcessing):
         self._check_fitted()
         device = outputs.logits.device
         outputs = outputs.to("cpu")
-        x = _feature_matrix(self.features_, outputs)
+        x = feature_matrix(self.features_, outputs)
         with torch.no_grad():
             scores = self.g_(self.scaler_(x))
         if self.gate_ is not None:
@@ -702,10 +702,6 @@ def _knn_bank(num_train: int) -> tuple[int, int]:
     (at least 1,000) and ``k`` scaled to it (at most 10)."""
     bank = min(num_train, max(1000, num_train // 5))
     return max(1, min(10, bank // 10)), bank
-
-
-def _feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:
-    return torch.cat([f(outputs).float().reshape(len(outputs.logits), -1) for f in features], dim=1)
 
 
 def _entry(extractor: FeatureExtractor) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torch_deup.features.base import FeatureExtractor
+from torch_deup.features.base import FeatureExtractor, feature_matrix
 from torch_deup.outputs import ModelOutputs, class_logits
 
 
@@ -87,7 +87,6 @@ def held_out_class_rows(
             copy.deepcopy(f).fit(train_outputs[keep], train_targets[keep]) if f.needs_fit else f
             for f in features
         ]
-        outputs = cal_outputs[held]
-        rows.append(torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in refitted], dim=1))
+        rows.append(feature_matrix(refitted, cal_outputs[held]))
     x = torch.cat(rows)
     return x, torch.full((len(x),), float(cost))

@@ -20,15 +20,15 @@ held-out-class AUROC (96.9) and the misclassification AUROC (90.9, MSP 90.4) abo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from torch_deup.features.base import FeatureExtractor
+from torch_deup.features.base import FeatureExtractor, feature_matrix
 from torch_deup.features.distance import MahalanobisDistance
 from torch_deup.features.subspace import recover_linear_head
+from torch_deup.models.ensemble import mixture_log_probs
 from torch_deup.outputs import ModelOutputs
 
 
@@ -56,8 +56,7 @@ def virtual_outliers(
     if outputs.members is None:
         return ModelOutputs(logits[0], embedding.float())
     members = torch.stack(logits, dim=1)
-    mean_log_prob = torch.logsumexp(members.log_softmax(dim=2), dim=1) - math.log(members.shape[1])
-    return ModelOutputs(mean_log_prob, embedding.float(), members)
+    return ModelOutputs(mixture_log_probs(members), embedding.float(), members)
 
 
 def virtual_outlier_rows(
@@ -68,6 +67,5 @@ def virtual_outlier_rows(
     seed: int,
 ) -> tuple[Tensor, Tensor]:
     """Feature rows of ``num`` virtual outliers and their target, ``error_cost``."""
-    outputs = virtual_outliers(train, num, seed)
-    x = torch.cat([f(outputs).float().reshape(num, -1) for f in features], dim=1)
+    x = feature_matrix(features, virtual_outliers(train, num, seed))
     return x, torch.full((num,), float(error_cost))

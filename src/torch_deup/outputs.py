@@ -82,9 +82,7 @@ class OutputCapture:
         ensemble = next((m for m in model.modules() if isinstance(m, DeepEnsemble)), None)
         self.members = list(ensemble.members) if ensemble is not None else []
         self.heads = [last_linear(m) for m in self.members] if self.members else [last_linear(model)]
-        if len({id(m) for m in self.members}) < len(self.members) or len({id(h) for h in self.heads}) < len(
-            self.heads
-        ):
+        if not (_distinct(self.members) and _distinct(self.heads)):
             raise ValueError(
                 "The ensemble's members share modules (the same member twice, or one head for several "
                 "members), so their outputs cannot be told apart. Give each member its own modules."
@@ -134,6 +132,10 @@ class OutputCapture:
         )
         self._embeddings, self._member_logits = {}, {}
         return ModelOutputs(logits, embedding, members)
+
+
+def _distinct(modules: list[nn.Module]) -> bool:
+    return len({id(m) for m in modules}) == len(modules)
 
 
 def class_logits(logits: Tensor) -> Tensor:

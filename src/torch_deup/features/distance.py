@@ -129,12 +129,16 @@ class KNNDistance(FeatureExtractor):
         self.bank_ = self._prepare(embedding).contiguous()
         return self
 
-    def __call__(self, outputs: ModelOutputs) -> Tensor:
+    def _queries(self, outputs: ModelOutputs) -> Tensor:
+        """The checked, prepared embeddings of ``outputs``, ready to compare with the bank."""
         check_is_fitted(self, "bank_")
         embedding = require_embedding(outputs, self)
         check_dimension(embedding, self.bank_.shape[1], self)
+        return self._prepare(embedding)
+
+    def __call__(self, outputs: ModelOutputs) -> Tensor:
         return kth_distance(
-            self._prepare(embedding),
+            self._queries(outputs),
             self.bank_,
             self.k,
             self.normalize,
@@ -216,10 +220,7 @@ class TrustScore(KNNDistance):
         return torch.cat(keep).sort().values
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        check_is_fitted(self, "bank_")
-        embedding = require_embedding(outputs, self)
-        check_dimension(embedding, self.bank_.shape[1], self)
-        queries = self._prepare(embedding)
+        queries = self._queries(outputs)
         distances = torch.stack(
             [
                 kth_distance(queries, self.bank_[self.bank_labels_ == c], self.k, self.normalize,

@@ -468,12 +468,13 @@ class DEUP(PostProcessing):
                     )
                 extractor.fit(*train)
         x = feature_matrix(features, cal_outputs)
+        widths = _widths(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
         extra, gate, gate_score, gate_column, cost = [], None, None, None, None
         if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
             extra, gate, gate_score, gate_column, cost = self._extra_rows_and_gate(
-                features, x, cal_outputs, cal_targets, errors, train
+                features, widths, x, cal_outputs, cal_targets, errors, train
             )
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
@@ -490,10 +491,7 @@ class DEUP(PostProcessing):
             cost,
         )
         directions = torch.cat(
-            [
-                torch.full((width,), f.ood_direction)
-                for f, width in zip(features, _widths(features, cal_outputs), strict=True)
-            ]
+            [torch.full((width,), f.ood_direction) for f, width in zip(features, widths, strict=True)]
         )
         make_g = partial(
             ErrorPredictor, x.shape[1], self.hidden_dim, self.scaler_.low, self.scaler_.high, directions
@@ -504,6 +502,7 @@ class DEUP(PostProcessing):
     def _extra_rows_and_gate(
         self,
         features: Sequence[FeatureExtractor],
+        widths: Sequence[int],
         x: Tensor,
         cal_outputs: ModelOutputs,
         cal_targets: Tensor,
@@ -524,7 +523,7 @@ class DEUP(PostProcessing):
         if self.ood_prior > 0 and (self.held_out_classes > 0 or num_virtual > 0):
             gate_score = self._gate_score(features, train, linear_head)
             # the gate's score is one of g's columns, or rides along as a last one, then leaves
-            gate_column = _column_of(features, gate_score, cal_outputs)
+            gate_column = _column_of(features, widths, gate_score)
         own_column = gate_score is not None and gate_column is None
         row_features = [*features, gate_score] if own_column else features
         extra = []
@@ -690,10 +689,10 @@ def _widths(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> list
 
 
 def _column_of(
-    features: Sequence[FeatureExtractor], extractor: FeatureExtractor | None, outputs: ModelOutputs
+    features: Sequence[FeatureExtractor], widths: Sequence[int], extractor: FeatureExtractor
 ) -> int | None:
     """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature."""
-    starts = torch.tensor([0, *_widths(features, outputs)]).cumsum(0).tolist()
+    starts = torch.tensor([0, *widths]).cumsum(0).tolist()
     return next((start for f, start in zip(features, starts, strict=False) if f is extractor), None)
 
 

@@ -47,7 +47,8 @@ from torch_deup.post_processing.deup import spearman
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
-BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda"]
+CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
+BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats"]
 
 
 def load_model(checkpoints: list[str]) -> torch.nn.Module:
@@ -56,18 +57,22 @@ def load_model(checkpoints: list[str]) -> torch.nn.Module:
     return models[0] if len(models) == 1 else DeepEnsemble(models).eval()
 
 
+def cached_sets(saved: dict) -> dict[str, tuple[ModelOutputs, torch.Tensor]]:
+    """The ``(outputs, targets)`` of each split in a cache written by :func:`collect_all`."""
+    return {
+        k: (ModelOutputs(**{f: v.get(f) for f in CACHED}), v["targets"]) for k, v in saved["sets"].items()
+    }
+
+
 def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
     """Outputs of the four splits (cached in ``--cache`` for this checkpoint) and the forward times."""
     cache = Path(args.cache) if args.cache else None
     checkpoint_sha256 = "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in args.checkpoint)
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        if saved.get("checkpoint_sha256") == checkpoint_sha256:
-            return {
-                k: (ModelOutputs(v["logits"], v["embedding"], v.get("members")), v["targets"])
-                for k, v in saved["sets"].items()
-            }, saved["times"]
-        print(f"{cache} holds another checkpoint's outputs: recomputing them")
+        if saved.get("checkpoint_sha256") == checkpoint_sha256 and saved.get("fields") == list(CACHED):
+            return cached_sets(saved), saved["times"]
+        print(f"{cache} holds another checkpoint's outputs, or older fields: recomputing them")
     dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
     model = load_model(args.checkpoint)
     loaders = {
@@ -84,11 +89,16 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            k: {"logits": o.logits, "embedding": o.embedding, "targets": t}
-            | ({} if o.members is None else {"members": o.members})
+            k: {"targets": t} | {f: getattr(o, f) for f in CACHED if getattr(o, f) is not None}
             for k, (o, t) in sets.items()
         }
-        torch.save({"sets": payload, "times": times, "checkpoint_sha256": checkpoint_sha256}, cache)
+        saved = {
+            "sets": payload,
+            "times": times,
+            "checkpoint_sha256": checkpoint_sha256,
+            "fields": list(CACHED),
+        }
+        torch.save(saved, cache)
     return sets, times
 
 

@@ -2,18 +2,27 @@
 
     python benchmarks/select_deup.py '{}' '{"held_out_classes": 0}' ... [--draws 3]
 
-Reads the outputs cached by ``ood_cifar10_svhn.py`` but only its train and validation splits.
-Two classes (drawn with the draw's seed) play the OOD set: they are removed from the training
-outputs that detectors and DEUP are fitted on. The validation split's remaining classes are halved
-(stratified): DEUP is fitted on half A and scored on half B (ID) and on the validation images of
-the two removed classes (proxy OOD). Held-out classes are near OOD; for far OOD, synthetic inputs
-made from nothing but the validation images (uniform noise; validation images with their pixels,
-or a 4 x 4 grid of their patches, shuffled; validation images at an eighth of their resolution) are
-scored too. Prints held-out-class AUROC, misclassification AUROC on half B, SCOD_AUGRC (with the
-held-out classes) and the AUROC on each synthetic kind for MSP, KNN, GDA, ViM and each DEUP
-configuration given as JSON, averaged over ``--draws`` draws of the held-out pair (each draw also
-reseeds the halves and DEUP). With several ``--checkpoint`` files, the same for their deep ensemble
-(mutual information replaces ViM), from the outputs ``ood_cifar10_svhn.py`` cached for it.
+Reads the outputs cached by ``ood_cifar10_svhn.py`` but only its train and validation splits. Each
+draw fits every detector and DEUP configuration twice, once per task:
+
+- *near*: two classes (drawn with the draw's seed) play the OOD set. They are removed from the
+  training outputs; the validation split's remaining classes are halved (stratified), DEUP is
+  fitted on half A and scored on half B (ID) and on the validation images of the two removed
+  classes (proxy OOD): held-out-class AUROC and SCOD_AUGRC ("near").
+- *full*: the deployed setting, nothing removed. DEUP is fitted on half A of the whole validation
+  split and scored on half B: misclassification AUROC. For far OOD, synthetic inputs made from
+  nothing but validation images (uniform noise; validation images with their pixels, or a 4 x 4
+  grid of their patches, shuffled; validation images at an eighth of their resolution) are scored
+  too: SCOD_AUGRC with all of them as the OOD set ("far") and the AUROC on each kind.
+
+Misclassification AUROC is read on the full task because on the near one it is biased toward the
+class-conditional features: a sample predicted as a removed class has no training rows of its
+class, which marks it as an error for the trust score and the densities but never happens in use.
+
+Prints the averages over ``--draws`` draws for MSP, KNN, GDA, ViM and each DEUP configuration given
+as JSON (each draw also reseeds the halves and DEUP). With several ``--checkpoint`` files, the same
+for their deep ensemble (mutual information replaces ViM), from the outputs ``ood_cifar10_svhn.py``
+cached for it.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ood_cifar10_svhn import load_model
+from ood_cifar10_svhn import cached_sets, load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
@@ -39,16 +48,24 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 SYNTHETIC = ("noise", "pixels", "patches", "lowres")
 
 
-def proxy_task(sets: dict, draw: int) -> tuple:
-    """Fit rows, training outputs without the held-out pair, ID and proxy-OOD evaluation outputs."""
+def proxy_tasks(sets: dict, draw: int) -> tuple[Tensor, dict, dict]:
+    """The held-out pair, then each task's fit rows, training outputs and ID evaluation outputs;
+    the near task also holds the held-out classes' validation outputs under ``"ood"``."""
     held = torch.randperm(10, generator=torch.Generator().manual_seed(draw))[:2]
     (train_out, train_y), (val_out, val_y) = sets["train"], sets["val"]
-    keep = ~torch.isin(train_y, held)
-    known = torch.nonzero(~torch.isin(val_y, held)).flatten()
-    a, b = stratified_split(val_y[known], 0.5, seed=draw)
-    fit_set = (val_out[known[a]], val_y[known[a]])
-    train = (train_out[keep], train_y[keep])
-    return held, fit_set, train, (val_out[known[b]], val_y[known[b]]), val_out[torch.isin(val_y, held)]
+
+    def task(val_rows: Tensor, train_rows: Tensor) -> dict:
+        a, b = stratified_split(val_y[val_rows], 0.5, seed=draw)
+        return {
+            "fit": (val_out[val_rows[a]], val_y[val_rows[a]]),
+            "train": (train_out[train_rows], train_y[train_rows]),
+            "id": (val_out[val_rows[b]], val_y[val_rows[b]]),
+        }
+
+    near = task(torch.nonzero(~torch.isin(val_y, held)).flatten(), ~torch.isin(train_y, held))
+    near["ood"] = val_out[torch.isin(val_y, held)]
+    full = task(torch.arange(len(val_y)), torch.ones(len(train_y), dtype=torch.bool))
+    return held, near, full
 
 
 def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
@@ -95,25 +112,27 @@ def synthetic_outputs(
     return outputs
 
 
-def proxy_metrics(score, id_set: tuple, ood_out: ModelOutputs, far: dict[str, ModelOutputs]) -> Tensor:
+def scod(s_id: Tensor, wrong: Tensor, s_ood: Tensor) -> tuple[float, float]:
+    """OOD AUROC and SCOD_AUGRC of ID scores (with their errors) against OOD scores."""
+    is_ood = torch.cat([torch.zeros(len(s_id)), torch.ones(len(s_ood))])
+    s = torch.cat([s_id, s_ood])
+    losses = scod_losses(torch.cat([wrong, torch.zeros(len(s_ood))]), is_ood, 0.5)
+    return ood_auroc(s, is_ood), augrc(s, losses)
+
+
+def proxy_metrics(near_score, full_score, near: dict, full: dict, far: dict[str, ModelOutputs]) -> Tensor:
     """Held-out-class AUROC, misclassification AUROC, SCOD_AUGRC with the held-out classes and with
     all synthetic kinds as the OOD set, then one AUROC per synthetic kind, in %."""
-    id_out, id_y = id_set
-    s_id = score(id_out)
-    wrong = (id_out.logits.argmax(1) != id_y).float()
 
-    def against_id(s_ood: Tensor) -> tuple[float, float]:
-        is_ood = torch.cat([torch.zeros(len(s_id)), torch.ones(len(s_ood))])
-        s, losses = (
-            torch.cat([s_id, s_ood]),
-            scod_losses(torch.cat([wrong, torch.zeros(len(s_ood))]), is_ood, 0.5),
-        )
-        return ood_auroc(s, is_ood), augrc(s, losses)
+    def id_scores(score, task: dict) -> tuple[Tensor, Tensor]:
+        outputs, targets = task["id"]
+        return score(outputs), (outputs.logits.argmax(1) != targets).float()
 
-    near_auroc, near_scod = against_id(score(ood_out))
-    s_far = {kind: score(outputs) for kind, outputs in far.items()}
-    _, far_scod = against_id(torch.cat(list(s_far.values())))
-    far_aurocs = [against_id(s)[0] for s in s_far.values()]
+    near_auroc, near_scod = scod(*id_scores(near_score, near), near_score(near["ood"]))
+    s_id, wrong = id_scores(full_score, full)
+    s_far = [full_score(outputs) for outputs in far.values()]
+    _, far_scod = scod(s_id, wrong, torch.cat(s_far))
+    far_aurocs = [scod(s_id, wrong, s)[0] for s in s_far]
     return 100 * torch.tensor([near_auroc, ood_auroc(s_id, wrong), near_scod, far_scod, *far_aurocs])
 
 
@@ -131,30 +150,33 @@ def main() -> None:
     outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
     saved = torch.load(outputs, weights_only=True)
-    sets = {
-        k: (ModelOutputs(v["logits"], v["embedding"], v.get("members")), v["targets"])
-        for k, v in saved["sets"].items()
-    }
+    sets = cached_sets(saved)
     far = synthetic_outputs(args.data, args.checkpoint)
     # ViM needs one linear head; an ensemble has mutual information instead
-    baselines = ["msp", "knn", "gda", "mutual_information" if ensemble else "vim"]
+    baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
     names = baselines + [f"DEUP {c}" for c in args.configs]
     results = {name: [] for name in names}
     fit_times = {name: 0.0 for name in names}
     for draw in range(args.draws):
-        held, fit_set, train, id_set, ood_out = proxy_task(sets, draw)
+        held, near, full = proxy_tasks(sets, draw)
         print(f"draw {draw}: held-out classes {held.tolist()}", flush=True)
         for name in baselines:
-            criterion = get_criterion(name)
-            if criterion.needs_fit:
-                criterion.fit(*train)
-            results[name].append(proxy_metrics(criterion, id_set, ood_out, far))
+            fitted = []
+            for task in (near, full):
+                criterion = get_criterion(name)
+                if criterion.needs_fit:
+                    criterion.fit(*task["train"])
+                fitted.append(criterion)
+            results[name].append(proxy_metrics(*fitted, near, full, far))
         for config, name in zip(args.configs, names[len(baselines) :], strict=True):
             start = time.perf_counter()
             kwargs = {"seed": draw, **json.loads(config)}
-            deup = DEUP(progress=False, **kwargs).fit_outputs(*fit_set, *train)
-            fit_times[name] += time.perf_counter() - start
-            results[name].append(proxy_metrics(deup.score_outputs, id_set, ood_out, far))
+            fitted = [
+                DEUP(progress=False, **kwargs).fit_outputs(*task["fit"], *task["train"]).score_outputs
+                for task in (near, full)
+            ]
+            fit_times[name] += (time.perf_counter() - start) / 2
+            results[name].append(proxy_metrics(*fitted, near, full, far))
     kinds = ", ".join(SYNTHETIC)
     print(f"\nmean over {args.draws} draws (std across draws); synthetic = mean AUROC of {kinds}")
     for name in names:

@@ -19,24 +19,28 @@ from tqdm.auto import tqdm
 
 @dataclass
 class ModelOutputs:
-    """Logits ``(N, C)`` (or regression outputs), the penultimate embedding ``(N, D)`` and, for a
-    :class:`~torch_deup.models.ensemble.DeepEnsemble`, each member's logits ``(N, M, C)``.
+    """Logits ``(N, C)`` (or regression outputs), the penultimate embedding ``(N, D)``, for a
+    :class:`~torch_deup.models.ensemble.DeepEnsemble` each member's logits ``(N, M, C)``, and the
+    statistics of intermediate feature maps ``(N, S)``.
 
     ``embedding`` is the input of the model's last ``nn.Linear`` (an ensemble's members' inputs,
     concatenated); ``None`` when not captured. ``members`` is ``None`` for a single model.
+    ``layer_stats`` holds, for each captured layer (see :class:`OutputCapture`), the mean and the
+    standard deviation of each channel of its output over the other dimensions (space, tokens);
+    ``None`` when no layer was captured.
     """
 
     logits: Tensor
     embedding: Tensor | None = None
     members: Tensor | None = None
+    layer_stats: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> ModelOutputs:
-        emb = None if self.embedding is None else fn(self.embedding)
-        members = None if self.members is None else fn(self.members)
-        return ModelOutputs(fn(self.logits), emb, members)
+        optional = (self.embedding, self.members, self.layer_stats)
+        return ModelOutputs(fn(self.logits), *(None if t is None else fn(t) for t in optional))
 
     def __getitem__(self, index: Tensor | slice) -> ModelOutputs:
         """The outputs of a subset of samples."""
@@ -60,12 +64,43 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def auto_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose feature-map statistics :class:`OutputCapture` records by default.
+
+    The model's stages, taken as its direct ``nn.Sequential`` children (each member's, for a
+    :class:`~torch_deup.models.ensemble.DeepEnsemble`), all but the last: the penultimate embedding
+    already summarises the last stage. For a ResNet, ``layer1`` to the stage before the last.
+    """
+    from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
+
+    ensemble = next((m for m in model.modules() if isinstance(m, DeepEnsemble)), None)
+    roots = list(ensemble.members) if ensemble is not None else [model]
+    layers = []
+    for root in roots:
+        stages = [child for child in root.children() if isinstance(child, nn.Sequential)]
+        layers += stages[:-1]
+    return layers
+
+
+def channel_statistics(feature_map: Tensor) -> Tensor:
+    """``(N, 2C)``: each channel's mean, then each channel's standard deviation (population), over
+    every dimension after the channel one of an ``(N, C, ...)`` feature map."""
+    var, mean = torch.var_mean(feature_map.float().flatten(2), dim=2, correction=0)
+    return torch.cat([mean, var.sqrt()], dim=1)
+
+
 class OutputCapture:
     """Runs a model and returns :class:`ModelOutputs`, the embedding taken by a forward hook.
 
     The hook reads the input of the last linear layer during the normal forward, so capturing the
     embedding costs no second pass. For a :class:`~torch_deup.models.ensemble.DeepEnsemble`, hooks
     on every member record its logits and its head's input, in the ensemble's own forward.
+
+    Args:
+        model: the model to run.
+        layers: whose output feature maps to summarise in ``ModelOutputs.layer_stats``
+            (:func:`channel_statistics`): ``"auto"`` for :func:`auto_layers`, names of submodules
+            (``model.get_submodule``) whose outputs are ``(N, C, ...)`` tensors, or ``None``.
 
     Example:
         >>> import torch
@@ -75,7 +110,7 @@ class OutputCapture:
         (torch.Size([2, 3]), torch.Size([2, 8]))
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layers: str | Sequence[str] | None = "auto") -> None:
         from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
 
         self.model = model
@@ -87,8 +122,11 @@ class OutputCapture:
                 "The ensemble's members share modules (the same member twice, or one head for several "
                 "members), so their outputs cannot be told apart. Give each member its own modules."
             )
+        self.explicit_layers = layers != "auto" and layers is not None
+        self.layers = auto_layers(model) if layers == "auto" else [_submodule(model, n) for n in layers or ()]
         self._embeddings: dict[int, Tensor] = {}
         self._member_logits: dict[int, Tensor] = {}
+        self._layer_stats: dict[int, Tensor] = {}
 
     def _embedding_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...]) -> None:
         # a head called twice in one forward keeps its last input, the one its output came from
@@ -96,6 +134,16 @@ class OutputCapture:
 
     def _member_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
         self._member_logits[index] = output
+
+    def _layer_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...], output: Any) -> None:
+        if isinstance(output, Tensor) and output.ndim >= 3:
+            self._layer_stats[index] = channel_statistics(output)
+        elif self.explicit_layers:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(
+                f"Layer {type(module).__name__} returned {shape}, but layer statistics need an "
+                "(N, C, ...) feature map. Pass `layers` naming convolutional blocks, or `layers=None`."
+            )
 
     @contextmanager
     def hooked(self) -> Iterator[None]:
@@ -107,6 +155,9 @@ class OutputCapture:
             member.register_forward_hook(partial(self._member_hook, i))
             for i, member in enumerate(self.members)
         ]
+        handles += [
+            layer.register_forward_hook(partial(self._layer_hook, i)) for i, layer in enumerate(self.layers)
+        ]
         try:
             yield
         finally:
@@ -114,7 +165,7 @@ class OutputCapture:
                 handle.remove()
 
     def __call__(self, x: Tensor) -> ModelOutputs:
-        self._embeddings, self._member_logits = {}, {}
+        self._embeddings, self._member_logits, self._layer_stats = {}, {}, {}
         with self.hooked():
             logits = self.model(x)
         embeddings = [self._embeddings[i] for i in range(len(self.heads)) if i in self._embeddings]
@@ -130,8 +181,29 @@ class OutputCapture:
             if self.members
             else None
         )
-        self._embeddings, self._member_logits = {}, {}
-        return ModelOutputs(logits, embedding, members)
+        if self.explicit_layers and len(self._layer_stats) < len(self.layers):
+            raise ValueError(
+                f"Only {len(self._layer_stats)} of the {len(self.layers)} layers given in `layers` ran in "
+                "the model's forward. Name layers the forward runs."
+            )
+        # all or nothing: statistics of some layers only would not match those of a fitted detector
+        complete = self.layers and len(self._layer_stats) == len(self.layers)
+        layer_stats = (
+            torch.cat([self._layer_stats[i] for i in range(len(self.layers))], 1) if complete else None
+        )
+        self._embeddings, self._member_logits, self._layer_stats = {}, {}, {}
+        return ModelOutputs(logits, embedding, members, layer_stats)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(
+            f"The model has no submodule {name!r} to capture layer statistics from. Its submodules "
+            f"include {names[:12]}."
+        ) from None
 
 
 def _distinct(modules: list[nn.Module]) -> bool:
@@ -172,8 +244,10 @@ def collect_outputs(
     device: torch.device | str | None = None,
     progress: bool = True,
     desc: str = "Collecting outputs",
+    layers: str | Sequence[str] | None = "auto",
 ) -> tuple[ModelOutputs, Tensor]:
-    """Run ``model`` once over ``loader``; return all outputs (on CPU) and targets.
+    """Run ``model`` once over ``loader``; return all outputs (on CPU) and targets. ``layers``: as
+    for :class:`OutputCapture`.
 
     Raises:
         ValueError: if the loader yields no batch.
@@ -181,7 +255,7 @@ def collect_outputs(
     """
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
-    capture = OutputCapture(model)
+    capture = OutputCapture(model, layers)
     outputs, targets = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y = split_batch(batch)
@@ -195,6 +269,8 @@ def collect_outputs(
 def concat_outputs(outputs: Sequence[ModelOutputs]) -> ModelOutputs:
     """Concatenate batches of outputs along the sample dimension."""
     first = outputs[0]
-    emb = None if first.embedding is None else torch.cat([o.embedding for o in outputs])
-    members = None if first.members is None else torch.cat([o.members for o in outputs])
-    return ModelOutputs(torch.cat([o.logits for o in outputs]), emb, members)
+
+    def cat(field: str) -> Tensor | None:
+        return None if getattr(first, field) is None else torch.cat([getattr(o, field) for o in outputs])
+
+    return ModelOutputs(*(cat(field) for field in ("logits", "embedding", "members", "layer_stats")))

@@ -6,6 +6,7 @@ from torch_deup.ood_criteria.embedding_based import (
     FeatureCriterion,
     GDACriterion,
     KNNCriterion,
+    LayerStatisticsCriterion,
     MahalanobisCriterion,
     ViMCriterion,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "FeatureCriterion",
     "GDACriterion",
     "KNNCriterion",
+    "LayerStatisticsCriterion",
     "MahalanobisCriterion",
     "MaxLogitCriterion",
     "MaxSoftmaxCriterion",

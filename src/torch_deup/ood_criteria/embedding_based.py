@@ -1,4 +1,5 @@
-"""OOD criteria fitted on the training embeddings: Mahalanobis, k-NN distance, GDA density, ViM.
+"""OOD criteria fitted on the training outputs: Mahalanobis, k-NN distance, GDA density, ViM on the
+embedding; the Mahalanobis distance of intermediate feature-map statistics.
 
 Each wraps one feature extractor of :mod:`torch_deup.features`, so the math lives in one place.
 """
@@ -13,6 +14,7 @@ from torch import Tensor
 from torch_deup.features.base import FeatureExtractor, check_is_fitted
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, MahalanobisDistance
+from torch_deup.features.layers import LayerStatistics
 from torch_deup.features.subspace import ViMScore
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.outputs import ModelOutputs
@@ -118,3 +120,21 @@ class ViMCriterion(FeatureCriterion):
 
     def make_extractor(self) -> FeatureExtractor:
         return ViMScore(dim=self.dim)
+
+
+class LayerStatisticsCriterion(FeatureCriterion):
+    """Mahalanobis distance of the intermediate feature maps' channel statistics to the training
+    split's (:class:`~torch_deup.features.layers.LayerStatistics`).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.zeros(100, 2), layer_stats=torch.randn(100, 4))
+        >>> crit = LayerStatisticsCriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), layer_stats=torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "Layer statistics"
+
+    def make_extractor(self) -> FeatureExtractor:
+        return LayerStatistics()

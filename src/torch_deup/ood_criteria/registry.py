@@ -7,6 +7,7 @@ from torch_deup.ood_criteria.deup import DEUPCriterion
 from torch_deup.ood_criteria.embedding_based import (
     GDACriterion,
     KNNCriterion,
+    LayerStatisticsCriterion,
     MahalanobisCriterion,
     ViMCriterion,
 )
@@ -28,6 +29,7 @@ CRITERIA: dict[str, type[OODCriterion]] = {
     "knn": KNNCriterion,
     "gda": GDACriterion,
     "vim": ViMCriterion,
+    "layer_stats": LayerStatisticsCriterion,
     "mutual_information": MutualInformationCriterion,
 }
 

@@ -33,6 +33,13 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    on the calibration rows against the extra rows of step 3. ``g`` alone ranks inputs in the
    tail of the training data's features as it ranks in-distribution inputs there, mostly as
    safe; the gate ranks them as likely OOD.
+7. With ``layer_gate=True`` and outputs that carry intermediate feature-map statistics
+   (``ModelOutputs.layer_stats``, recorded by default for a model with ``nn.Sequential`` stages),
+   a second gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) lifts inputs whose
+   statistics lie farther from the training split's (:class:`~torch_deup.features.layers.LayerStatistics`)
+   than any calibration row's: noise, colour or texture unlike the training images, which the
+   penultimate embedding can miss. The two gates combine as independent evidence,
+   ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
@@ -62,13 +69,14 @@ from tqdm.auto import tqdm
 from torch_deup.features.base import FeatureExtractor, NotFittedError, feature_matrix
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, TrustScore
+from torch_deup.features.layers import LayerStatistics
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
-from torch_deup.post_processing.ood_gate import OODGate
+from torch_deup.post_processing.ood_gate import OODGate, RangeGate
 from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 
 TASKS = ("classification", "regression")
@@ -262,6 +270,8 @@ class DEUP(PostProcessing):
         ood_prior: weight share of the extra rows when fitting the OOD gate
             (:mod:`torch_deup.post_processing.ood_gate`); there is a gate when there are extra rows
             (``0`` disables it).
+        layer_gate: fit the layer-statistics gate (step 7 of the module docstring) when the
+            calibration and training outputs of a classifier carry ``layer_stats``.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -292,7 +302,8 @@ class DEUP(PostProcessing):
         held_out_classes: int = 5,
         held_out_weight: float = 0.5,
         virtual_outliers: float = 0.5,
-        ood_prior: float = 0.1,
+        ood_prior: float = 0.05,
+        layer_gate: bool = True,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -312,6 +323,7 @@ class DEUP(PostProcessing):
         self.held_out_weight = held_out_weight
         self.virtual_outliers = virtual_outliers
         self.ood_prior = ood_prior
+        self.layer_gate = layer_gate
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -337,6 +349,8 @@ class DEUP(PostProcessing):
             )
         if not isinstance(self.ood_prior, int | float) or not 0 <= self.ood_prior < 1:
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
+        if not isinstance(self.layer_gate, bool):
+            raise ValueError(f"Expected `layer_gate` to be True or False, but got {self.layer_gate!r}.")
         if (
             not isinstance(self.held_out_classes, int)
             or self.held_out_classes < 0
@@ -471,11 +485,18 @@ class DEUP(PostProcessing):
         widths = _widths(features, cal_outputs)
         strata = cal_targets if self.task == "classification" else torch.zeros(len(x), dtype=torch.long)
         weight = torch.ones(len(x))
-        extra, gate, gate_score, gate_column, cost = [], None, None, None, None
-        if train is not None and self.task == "classification" and any(f.needs_fit for f in features):
-            extra, gate, gate_score, gate_column, cost = self._extra_rows_and_gate(
-                features, widths, x, cal_outputs, cal_targets, errors, train
+        extra, gate, gate_score, gate_column, layer_gate = [], None, None, None, None
+        cost = (
+            None
+            if train is None or self.task != "classification"
+            else error_cost(cal_outputs, cal_targets, errors)
+        )
+        if cost is not None and any(f.needs_fit for f in features):
+            extra, gate, gate_score, gate_column = self._extra_rows_and_gate(
+                features, widths, x, cal_outputs, cal_targets, cost, train
             )
+        if cost is not None and self.layer_gate and cal_outputs.layer_stats is not None:
+            layer_gate = _fit_layer_gate(cal_outputs, train)
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -484,12 +505,8 @@ class DEUP(PostProcessing):
         self.features_ = features
         self.scaler_ = FeatureScaler.fit(x, num_calibration=len(cal_targets))
         self.errors_ = errors
-        self.gate_, self.gate_score_, self.gate_column_, self.error_cost_ = (
-            gate,
-            gate_score,
-            gate_column,
-            cost,
-        )
+        self.gate_, self.gate_score_, self.gate_column_ = gate, gate_score, gate_column
+        self.layer_gate_, self.error_cost_ = layer_gate, cost
         directions = torch.cat(
             [torch.full((width,), f.ood_direction) for f, width in zip(features, widths, strict=True)]
         )
@@ -506,15 +523,15 @@ class DEUP(PostProcessing):
         x: Tensor,
         cal_outputs: ModelOutputs,
         cal_targets: Tensor,
-        errors: Tensor,
+        cost: float,
         train: tuple[ModelOutputs, Tensor],
-    ) -> tuple[list[tuple[Tensor, Tensor]], OODGate | None, FeatureExtractor | None, int | None, float]:
-        """Step 3's extra rows (held-out classes, virtual outliers) and step 6's gate fitted on them.
+    ) -> tuple[list[tuple[Tensor, Tensor]], OODGate | None, FeatureExtractor | None, int | None]:
+        """Step 3's extra rows (held-out classes, virtual outliers), with target ``cost``, and step
+        6's gate fitted on them.
 
         Returns the rows with their targets, the gate, the gate's own score extractor (``None`` when
-        it reads ``g``'s column ``gate_column``), that column, and the error cost of the rows.
+        it reads ``g``'s column ``gate_column``) and that column.
         """
-        cost = error_cost(cal_outputs, cal_targets, errors)
         # an ensemble's logits are no single linear head's, which ViM needs
         linear_head = cal_outputs.members is None
         num_virtual = round(self.virtual_outliers * len(cal_targets))
@@ -536,14 +553,14 @@ class DEUP(PostProcessing):
         if num_virtual > 0:
             extra.append(virtual_outlier_rows(row_features, train, num_virtual, cost, self.seed))
         if gate_score is None:
-            return extra, None, None, None, cost
+            return extra, None, None, None
         column = -1 if own_column else gate_column
         outlier_scores = torch.cat([extra_x[:, column] for extra_x, _ in extra])
         if own_column:
             extra = [(extra_x[:, :-1], extra_errors) for extra_x, extra_errors in extra]
         cal_scores = gate_score(cal_outputs)[:, 0] if own_column else x[:, column]
         gate = OODGate(self.ood_prior).fit(cal_scores, outlier_scores)
-        return extra, gate, gate_score if own_column else None, gate_column, cost
+        return extra, gate, gate_score if own_column else None, gate_column
 
     def _cross_fit(
         self,
@@ -596,12 +613,17 @@ class DEUP(PostProcessing):
         x = feature_matrix(self.features_, outputs)
         with torch.no_grad():
             scores = self.g_(self.scaler_(x))
+        in_distribution = torch.ones(len(scores))
         if self.gate_ is not None:
             gate_scores = (
                 x[:, self.gate_column_] if self.gate_score_ is None else self.gate_score_(outputs)[:, 0]
             )
-            ood = self.gate_.predict(gate_scores)
-            scores = self.error_cost_ * ood + (1 - ood) * scores
+            in_distribution *= 1 - self.gate_.predict(gate_scores)
+        if self.layer_gate_ is not None:
+            layer, gate = self.layer_gate_
+            in_distribution *= 1 - gate.predict(layer(outputs)[:, 0])
+        if self.gate_ is not None or self.layer_gate_ is not None:
+            scores = self.error_cost_ * (1 - in_distribution) + in_distribution * scores
         return scores.to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -617,7 +639,8 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
-        "virtual_outliers", "ood_prior", "batch_size", "lr", "weight_decay", "patience", "progress", "seed",
+        "virtual_outliers", "ood_prior", "layer_gate", "batch_size", "lr", "weight_decay", "patience",
+        "progress", "seed",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -638,6 +661,13 @@ class DEUP(PostProcessing):
                 "column": self.gate_column_,
                 "error_cost": self.error_cost_,
             },
+            "layer_gate": None
+            if self.layer_gate_ is None
+            else {
+                "layer": _entry(self.layer_gate_[0]),
+                "state": self.layer_gate_[1].state_dict(),
+                "error_cost": self.error_cost_,
+            },
         }
         torch.save(state, path)
 
@@ -655,7 +685,7 @@ class DEUP(PostProcessing):
         deup.g_.load_state_dict(g_state)
         deup.g_.eval()
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
-        deup.gate_ = deup.gate_score_ = None
+        deup.gate_ = deup.gate_score_ = deup.layer_gate_ = None
         if state.get("gate") is not None:  # files saved before the gate existed have none
             deup.gate_ = OODGate(deup.ood_prior)
             deup.gate_.load_state_dict(state["gate"]["state"])
@@ -663,6 +693,11 @@ class DEUP(PostProcessing):
             deup.gate_score_ = None if score is None else _rebuild(score)
             deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
             deup.error_cost_ = state["gate"]["error_cost"]
+        if state.get("layer_gate") is not None:  # files saved before the layer gate have none
+            gate = RangeGate()
+            gate.load_state_dict(state["layer_gate"]["state"])
+            deup.layer_gate_ = (_rebuild(state["layer_gate"]["layer"]), gate)
+            deup.error_cost_ = state["layer_gate"]["error_cost"]
         return deup
 
 
@@ -694,6 +729,20 @@ def _column_of(
     """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature."""
     starts = torch.tensor([0, *widths]).cumsum(0).tolist()
     return next((start for f, start in zip(features, starts, strict=False) if f is extractor), None)
+
+
+def _fit_layer_gate(
+    cal_outputs: ModelOutputs, train: tuple[ModelOutputs, Tensor]
+) -> tuple[LayerStatistics, RangeGate]:
+    """Step 7: the layer statistics' distance, fitted on the training split, and its range gate,
+    fitted on the calibration rows."""
+    if train[0].layer_stats is None:
+        raise ValueError(
+            "The calibration outputs carry layer statistics but the training outputs do not. Collect "
+            "both with the same `layers`, or set `layer_gate=False`."
+        )
+    layer = LayerStatistics().fit(*train)
+    return layer, RangeGate().fit(layer(cal_outputs)[:, 0])
 
 
 def _knn_bank(num_train: int) -> tuple[int, int]:

@@ -118,3 +118,42 @@ class OODGate:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in self._STATE:
             setattr(self, key, state[key])
+
+
+class RangeGate:
+    """``pi(s) = 1 - exp(-max(0, s - s_max) / sd)``: the OOD probability of a score that lies beyond
+    every calibration score.
+
+    ``s_max`` and ``sd`` are the largest score and the standard deviation of the calibration rows.
+    ``pi`` is 0 on their whole range, so the ranking of in-distribution inputs is left as it is
+    (but for the rare one beyond the largest calibration score), and grows towards 1 by about
+    two thirds per standard deviation beyond it. Suited to a score that hardly depends on the
+    model being right, such as :class:`~torch_deup.features.layers.LayerStatistics`: a gate that
+    lifted the tail of such a score would lift correct and wrong inputs alike.
+
+    Example:
+        >>> gate = RangeGate().fit(torch.tensor([0.0, 1.0, 2.0]))
+        >>> gate.predict(torch.tensor([1.5, 2.0, 3.0]))
+        tensor([0.0000, 0.0000, 0.6321])
+    """
+
+    def fit(self, calibration: Tensor) -> RangeGate:
+        """Fit on the scores of the calibration rows."""
+        if len(calibration) < 2 or not torch.isfinite(calibration).all():
+            raise ValueError(
+                f"The range gate needs at least 2 finite calibration scores, but got {len(calibration)} "
+                "scores, or scores with NaN or inf values."
+            )
+        self.max_ = calibration.double().max()
+        self.scale_ = calibration.double().std().clamp_min(1e-12)
+        return self
+
+    def predict(self, scores: Tensor) -> Tensor:
+        """``pi`` for each score, float32."""
+        return (-torch.expm1(-torch.relu(scores.double() - self.max_) / self.scale_)).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"max_": self.max_, "scale_": self.scale_}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.max_, self.scale_ = state["max_"], state["scale_"]

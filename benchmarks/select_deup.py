@@ -11,9 +11,9 @@ draw fits every detector and DEUP configuration twice, once per task:
   classes (proxy OOD): held-out-class AUROC and SCOD_AUGRC ("near").
 - *full*: the deployed setting, nothing removed. DEUP is fitted on half A of the whole validation
   split and scored on half B: misclassification AUROC. For far OOD, synthetic inputs made from
-  nothing but validation images (uniform noise; validation images with their pixels, or a 4 x 4
-  grid of their patches, shuffled; validation images at an eighth of their resolution) are scored
-  too: SCOD_AUGRC with all of them as the OOD set ("far") and the AUROC on each kind.
+  nothing but validation images (:func:`corrupt`: uniform noise; pixels or patches shuffled;
+  an eighth of the resolution; a zoomed-in crop; a mosaic of four) are scored too: SCOD_AUGRC
+  with all of them as the OOD set ("far") and the AUROC on each kind.
 
 Misclassification AUROC is read on the full task because on the near one it is biased toward the
 class-conditional features: a sample predicted as a removed class has no training rows of its
@@ -45,7 +45,7 @@ from torch_deup.post_processing import DEUP
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-SYNTHETIC = ("noise", "pixels", "patches", "lowres")
+SYNTHETIC = ("noise", "pixels", "patches", "lowres", "zoom", "mosaic")
 
 
 def proxy_tasks(sets: dict, draw: int) -> tuple[Tensor, dict, dict]:
@@ -74,6 +74,10 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     ``noise``: uniform pixels. ``pixels``: each image's pixel positions shuffled. ``patches``: each
     image cut into a 4 x 4 grid of patches, shuffled (local image statistics kept, objects broken).
     ``lowres``: downsampled 8x and upsampled back (colours and layout kept, no texture or edges).
+    ``zoom``: a random 8 x 8 crop of each image, upsampled 4x (a texture with the image's colours,
+    no object). ``mosaic``: a 2 x 2 grid of four images at half resolution (natural statistics,
+    objects too small). The last two keep natural low-level statistics, as real OOD images do:
+    the first four are easy for any detector of unusual pixel statistics.
     """
     n, c, h, w = images.shape
     if kind == "noise":
@@ -91,6 +95,16 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     if kind == "lowres":
         small = F.avg_pool2d(images.float(), 8)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    if kind == "zoom":
+        corners = torch.randint(0, h - h // 4 + 1, (n, 2), generator=generator).tolist()
+        crop = torch.stack(
+            [im[:, t : t + h // 4, c : c + w // 4] for im, (t, c) in zip(images, corners, strict=True)]
+        ).float()
+        return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).round().to(torch.uint8)
+    if kind == "mosaic":
+        small = F.avg_pool2d(images.float(), 2).round().to(torch.uint8)
+        quarters = [small[torch.randperm(n, generator=generator)] for _ in range(4)]
+        return torch.cat([torch.cat(quarters[:2], 3), torch.cat(quarters[2:], 3)], 2)
     raise ValueError(f"Unknown corruption {kind!r}; expected one of {SYNTHETIC}.")
 
 

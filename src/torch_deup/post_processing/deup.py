@@ -272,6 +272,9 @@ class DEUP(PostProcessing):
             (``0`` disables it).
         layer_gate: fit the layer-statistics gate (step 7 of the module docstring) when the
             calibration and training outputs of a classifier carry ``layer_stats``.
+        layer_tail: share of the calibration rows the layer-statistics gate lifts
+            (:class:`~torch_deup.post_processing.ood_gate.RangeGate`); ``0``: only inputs beyond
+            every calibration row.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -302,8 +305,9 @@ class DEUP(PostProcessing):
         held_out_classes: int = 5,
         held_out_weight: float = 0.5,
         virtual_outliers: float = 0.5,
-        ood_prior: float = 0.05,
+        ood_prior: float = 0.0,
         layer_gate: bool = True,
+        layer_tail: float = 0.01,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -324,6 +328,7 @@ class DEUP(PostProcessing):
         self.virtual_outliers = virtual_outliers
         self.ood_prior = ood_prior
         self.layer_gate = layer_gate
+        self.layer_tail = layer_tail
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -349,6 +354,8 @@ class DEUP(PostProcessing):
             )
         if not isinstance(self.ood_prior, int | float) or not 0 <= self.ood_prior < 1:
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
+        if not isinstance(self.layer_tail, int | float) or not 0 <= self.layer_tail < 1:
+            raise ValueError(f"Expected `layer_tail` in [0, 1), but got {self.layer_tail!r}.")
         if not isinstance(self.layer_gate, bool):
             raise ValueError(f"Expected `layer_gate` to be True or False, but got {self.layer_gate!r}.")
         if (
@@ -496,7 +503,7 @@ class DEUP(PostProcessing):
                 features, widths, x, cal_outputs, cal_targets, cost, train
             )
         if cost is not None and self.layer_gate and cal_outputs.layer_stats is not None:
-            layer_gate = _fit_layer_gate(cal_outputs, train)
+            layer_gate = _fit_layer_gate(cal_outputs, train, self.layer_tail)
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -639,8 +646,8 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
-        "virtual_outliers", "ood_prior", "layer_gate", "batch_size", "lr", "weight_decay", "patience",
-        "progress", "seed",
+        "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "batch_size", "lr", "weight_decay",
+        "patience", "progress", "seed",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -694,7 +701,7 @@ class DEUP(PostProcessing):
             deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
             deup.error_cost_ = state["gate"]["error_cost"]
         if state.get("layer_gate") is not None:  # files saved before the layer gate have none
-            gate = RangeGate()
+            gate = RangeGate(deup.layer_tail)
             gate.load_state_dict(state["layer_gate"]["state"])
             deup.layer_gate_ = (_rebuild(state["layer_gate"]["layer"]), gate)
             deup.error_cost_ = state["layer_gate"]["error_cost"]
@@ -732,7 +739,7 @@ def _column_of(
 
 
 def _fit_layer_gate(
-    cal_outputs: ModelOutputs, train: tuple[ModelOutputs, Tensor]
+    cal_outputs: ModelOutputs, train: tuple[ModelOutputs, Tensor], tail: float
 ) -> tuple[LayerStatistics, RangeGate]:
     """Step 7: the layer statistics' distance, fitted on the training split, and its range gate,
     fitted on the calibration rows."""
@@ -742,7 +749,7 @@ def _fit_layer_gate(
             "both with the same `layers`, or set `layer_gate=False`."
         )
     layer = LayerStatistics().fit(*train)
-    return layer, RangeGate().fit(layer(cal_outputs)[:, 0])
+    return layer, RangeGate(tail).fit(layer(cal_outputs)[:, 0])
 
 
 def _knn_bank(num_train: int) -> tuple[int, int]:

@@ -121,21 +121,29 @@ class OODGate:
 
 
 class RangeGate:
-    """``pi(s) = 1 - exp(-max(0, s - s_max) / sd)``: the OOD probability of a score that lies beyond
-    every calibration score.
+    """``pi(s) = 1 - exp(-max(0, s - edge) / sd)``: the OOD probability of a score in the far tail
+    of the calibration scores.
 
-    ``s_max`` and ``sd`` are the largest score and the standard deviation of the calibration rows.
-    ``pi`` is 0 on their whole range, so the ranking of in-distribution inputs is left as it is
-    (but for the rare one beyond the largest calibration score), and grows towards 1 by about
-    two thirds per standard deviation beyond it. Suited to a score that hardly depends on the
-    model being right, such as :class:`~torch_deup.features.layers.LayerStatistics`: a gate that
-    lifted the tail of such a score would lift correct and wrong inputs alike.
+    ``edge`` is the ``1 - tail`` quantile of the calibration scores (their largest for ``tail=0``)
+    and ``sd`` their standard deviation. ``pi`` is 0 below the edge, so the ranking of all but a
+    share ``tail`` of in-distribution inputs is left as it is, and grows towards 1 by about two
+    thirds per standard deviation beyond it. Suited to a score that hardly depends on the model
+    being right, such as :class:`~torch_deup.features.layers.LayerStatistics`: a gate that lifted
+    more of the tail of such a score would lift correct and wrong inputs alike.
+
+    Args:
+        tail: the share of calibration scores beyond the edge, in [0, 1).
 
     Example:
         >>> gate = RangeGate().fit(torch.tensor([0.0, 1.0, 2.0]))
         >>> gate.predict(torch.tensor([1.5, 2.0, 3.0]))
         tensor([0.0000, 0.0000, 0.6321])
     """
+
+    def __init__(self, tail: float = 0.0) -> None:
+        if not 0.0 <= tail < 1.0:
+            raise ValueError(f"Expected `tail` in [0, 1), but got {tail!r}.")
+        self.tail = tail
 
     def fit(self, calibration: Tensor) -> RangeGate:
         """Fit on the scores of the calibration rows."""
@@ -144,16 +152,16 @@ class RangeGate:
                 f"The range gate needs at least 2 finite calibration scores, but got {len(calibration)} "
                 "scores, or scores with NaN or inf values."
             )
-        self.max_ = calibration.double().max()
+        self.edge_ = torch.quantile(calibration.double(), 1.0 - self.tail)
         self.scale_ = calibration.double().std().clamp_min(1e-12)
         return self
 
     def predict(self, scores: Tensor) -> Tensor:
         """``pi`` for each score, float32."""
-        return (-torch.expm1(-torch.relu(scores.double() - self.max_) / self.scale_)).float()
+        return (-torch.expm1(-torch.relu(scores.double() - self.edge_) / self.scale_)).float()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"max_": self.max_, "scale_": self.scale_}
+        return {"tail": self.tail, "edge_": self.edge_, "scale_": self.scale_}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.max_, self.scale_ = state["max_"], state["scale_"]
+        self.tail, self.edge_, self.scale_ = state["tail"], state["edge_"], state["scale_"]

@@ -234,7 +234,9 @@ def test_a_failed_refit_leaves_the_estimator_unfitted():
 
 def test_a_save_from_before_the_shared_gate_column_still_loads(tmp_path):
     model = mlp()
-    deup = DEUP(model=model, held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    deup = DEUP(model=model, held_out_classes=2, ood_prior=0.1, **FAST).fit(
+        loader(), train_loader=loader(n=120)
+    )
     deup.save(tmp_path / "deup.pt")
     state = torch.load(tmp_path / "deup.pt", weights_only=True)
     del state["gate"]["column"]  # what the previous version wrote: its gate always had its own score

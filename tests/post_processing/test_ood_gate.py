@@ -8,9 +8,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch_deup.features import ViMScore
 from torch_deup.features.base import feature_matrix
 from torch_deup.features.distance import KNNDistance
+from torch_deup.features.layers import LayerStatistics
 from torch_deup.models import DeepEnsemble
+from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
-from torch_deup.post_processing.ood_gate import OODGate
+from torch_deup.post_processing.ood_gate import OODGate, RangeGate
 
 
 def scores(n: int, shift: float, seed: int) -> torch.Tensor:
@@ -70,7 +72,7 @@ def loader(n: int, seed: int) -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3), batch_size=32)
 
 
-FAST = {"max_epochs": 5, "progress": False, "held_out_classes": 2}
+FAST = {"max_epochs": 5, "progress": False, "held_out_classes": 2, "ood_prior": 0.1}
 
 
 def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
@@ -83,7 +85,7 @@ def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
         g = deup.g_(deup.scaler_(feature_matrix(deup.features_, outputs)))
     pi = deup.gate_.predict(deup.gate_score_(outputs)[:, 0])
     torch.testing.assert_close(deup(x), deup.error_cost_ * pi + (1 - pi) * g)
-    without = DEUP(model=model, ood_prior=0, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    without = DEUP(model=model, **{**FAST, "ood_prior": 0}).fit(loader(90, 0), train_loader=loader(150, 1))
     assert without.gate_ is None
 
 
@@ -116,7 +118,14 @@ def test_deup_save_load_keeps_the_gate(tmp_path):
 
 
 def test_no_extra_rows_means_no_gate():
-    deup = DEUP(model=linear_model(), held_out_classes=0, virtual_outliers=0, max_epochs=3, progress=False)
+    deup = DEUP(
+        model=linear_model(),
+        held_out_classes=0,
+        virtual_outliers=0,
+        ood_prior=0.1,
+        max_epochs=3,
+        progress=False,
+    )
     assert deup.fit(loader(90, 0), train_loader=loader(150, 1)).gate_ is None
 
 
@@ -130,3 +139,93 @@ def test_the_shared_knn_column_is_what_the_gate_mixes_in():
         g = deup.g_(deup.scaler_(x))
     pi = deup.gate_.predict(x[:, deup.gate_column_])
     torch.testing.assert_close(deup.score_outputs(outputs), deup.error_cost_ * pi + (1 - pi) * g)
+
+
+def test_range_gate_is_zero_up_to_the_edge_then_one_minus_exp_of_the_standard_deviations_beyond():
+    cal = torch.arange(101, dtype=torch.float)  # 0, 1, ..., 100
+    sd = cal.double().std().item()
+    query = torch.tensor([50.0, 100.0, 100.0 + sd, 100.0 + 3 * sd])
+    np.testing.assert_allclose(
+        RangeGate().fit(cal).predict(query).numpy(), [0, 0, 1 - np.exp(-1), 1 - np.exp(-3)], rtol=1e-5
+    )
+    # tail 0.1: the edge is the 90% quantile, 90, so one in ten calibration rows is lifted
+    tail = RangeGate(tail=0.1).fit(cal)
+    assert tail.edge_.item() == pytest.approx(90.0)
+    assert (tail.predict(cal) > 0).sum().item() == 10
+    with pytest.raises(ValueError, match="tail"):
+        RangeGate(tail=1.0)
+    with pytest.raises(ValueError, match="at least 2 finite"):
+        RangeGate().fit(torch.tensor([1.0, float("inf")]))
+
+
+def conv_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    ).eval()
+
+
+def image_loader(n: int, seed: int) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(n, 1, 5, 5, generator=g), torch.arange(n) % 3), batch_size=32)
+
+
+LAYER = {"max_epochs": 3, "progress": False, "held_out_classes": 2}
+
+
+@pytest.mark.parametrize("ood_prior", [0.0, 0.1])
+def test_deup_mixes_both_gates_in_as_independent_evidence(ood_prior):
+    model = conv_net()
+    deup = DEUP(model=model, ood_prior=ood_prior, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    assert isinstance(deup.layer_gate_[0], LayerStatistics)
+    assert (deup.gate_ is not None) == (ood_prior > 0)
+    x = torch.randn(40, 1, 5, 5) * torch.linspace(0.5, 4, 40)[:, None, None, None]
+    outputs = deup.model_outputs(x)
+    with torch.no_grad():
+        g = deup.g_(deup.scaler_(feature_matrix(deup.features_, outputs)))
+    layer, gate = deup.layer_gate_
+    keep = 1 - gate.predict(layer(outputs)[:, 0])
+    # the scaled inputs reach beyond the edge, the others do not
+    assert (keep < 1).any()
+    assert (keep == 1).any()
+    if deup.gate_ is not None:
+        keep = keep * (1 - deup.gate_.predict(deup.gate_score_(outputs)[:, 0]))
+    torch.testing.assert_close(deup(x), deup.error_cost_ * (1 - keep) + keep * g)
+    # the edge is the 99% quantile of the calibration rows' distance
+    cal = layer(deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)])))[:, 0]
+    assert gate.edge_.item() == pytest.approx(torch.quantile(cal.double(), 0.99).item(), rel=1e-5)
+
+
+def test_no_layer_gate_when_switched_off_without_stages_or_without_training_data():
+    assert (
+        DEUP(model=conv_net(), layer_gate=False, **LAYER)
+        .fit(image_loader(90, 0), image_loader(150, 1))
+        .layer_gate_
+        is None
+    )
+    assert DEUP(model=conv_net(), **LAYER).fit(image_loader(90, 0)).layer_gate_ is None
+    assert DEUP(model=linear_model(), **LAYER).fit(loader(90, 0), loader(150, 1)).layer_gate_ is None
+
+
+def test_layer_gate_save_load_is_bit_exact_and_mismatched_outputs_are_refused(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    reloaded = DEUP.load(tmp_path / "deup.pt", model=model)
+    x = torch.randn(30, 1, 5, 5) * 3
+    assert torch.equal(deup(x), reloaded(x))
+    outputs = deup.model_outputs(x)
+    with pytest.raises(ValueError, match="layer_stats is None"):
+        deup.score_outputs(ModelOutputs(outputs.logits, outputs.embedding))
+    cal = deup.model_outputs(torch.randn(30, 1, 5, 5))
+    train = deup.model_outputs(torch.randn(60, 1, 5, 5))
+    with pytest.raises(ValueError, match="training outputs do not"):
+        DEUP(**LAYER).fit_outputs(
+            cal, torch.arange(30) % 3, ModelOutputs(train.logits, train.embedding), torch.arange(60) % 3
+        )
+    with pytest.raises(ValueError, match="layer_tail"):
+        DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)

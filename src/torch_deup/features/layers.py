@@ -4,9 +4,10 @@ The penultimate embedding sees what the model has learned to tell classes apart 
 unlike the training images in colour, texture or noise can still land inside its range. The
 statistics of earlier feature maps (each channel's mean and standard deviation, recorded by
 :class:`~torch_deup.outputs.OutputCapture` in the same forward pass) see those differences and
-hardly depend on whether the model is right: on the validation split of
-``benchmarks/select_deup.py`` their distance separates noise, pixel-shuffled and low-resolution
-images from CIFAR-10 with AUROC 99.8-100, while its misclassification AUROC is 54 (chance is 50).
+hardly depend on whether the model is right: on the validation halves of
+``benchmarks/select_deup.py`` (ResNet-20, CIFAR-10) their distance separates noise, pixel-shuffled,
+low-resolution and zoomed-in images with AUROC 99.5-100 (ViM: 95.5-99.6), while its
+misclassification AUROC is 52 (chance is 50).
 Multi-layer Mahalanobis detectors (Lee et al., NeurIPS 2018) and feature-statistics detectors
 (Sastry and Oore, ICML 2020) use the same signal.
 """

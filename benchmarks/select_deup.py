@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ood_cifar10_svhn import cached_sets, load_model
+from ood_cifar10_svhn import CACHED, cached_sets, load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
@@ -96,9 +96,12 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
         small = F.avg_pool2d(images.float(), 8)
         return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).round().to(torch.uint8)
     if kind == "zoom":
-        corners = torch.randint(0, h - h // 4 + 1, (n, 2), generator=generator).tolist()
+        corners = torch.randint(0, h - h // 4 + 1, (n, 2), generator=generator).tolist()  # top, left
         crop = torch.stack(
-            [im[:, t : t + h // 4, c : c + w // 4] for im, (t, c) in zip(images, corners, strict=True)]
+            [
+                im[:, top : top + h // 4, left : left + w // 4]
+                for im, (top, left) in zip(images, corners, strict=True)
+            ]
         ).float()
         return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).round().to(torch.uint8)
     if kind == "mosaic":
@@ -164,6 +167,10 @@ def main() -> None:
     outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
     saved = torch.load(outputs, weights_only=True)
+    if saved.get("fields") != list(CACHED):
+        raise SystemExit(
+            f"{outputs} was written by an older ood_cifar10_svhn.py: run it again to refresh it."
+        )
     sets = cached_sets(saved)
     far = synthetic_outputs(args.data, args.checkpoint)
     # ViM needs one linear head; an ensemble has mutual information instead

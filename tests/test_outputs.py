@@ -3,21 +3,10 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.models import conv_net
 from torch_deup.models import DeepEnsemble
 from torch_deup.models.classification.resnet import resnet
-from torch_deup.outputs import ModelOutputs, OutputCapture, auto_layers, channel_statistics, concat_outputs
-
-
-def conv_net(seed: int = 0) -> nn.Module:
-    """Two convolutional stages, then a pooled linear head."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
+from torch_deup.outputs import ModelOutputs, OutputCapture, channel_statistics, concat_outputs
 
 
 def numpy_statistics(feature_map: torch.Tensor) -> np.ndarray:
@@ -32,12 +21,44 @@ def test_channel_statistics_are_each_channels_mean_then_population_std():
     assert torch.equal(channel_statistics(x[:, :, :1, :1])[:, 3:], torch.zeros(5, 3))
 
 
-def test_auto_layers_are_the_stages_but_the_last():
-    model = resnet(arch=20, num_classes=10)
-    assert auto_layers(model) == [model.layer1, model.layer2]
-    net = conv_net()
-    assert auto_layers(net) == [net[0]]
-    assert auto_layers(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))) == []
+@torch.no_grad()
+def test_auto_records_every_stage_but_the_last_of_a_resnet():
+    model = resnet(arch=20, num_classes=10).eval()
+    seen = {}
+    for name in ("layer1", "layer2"):
+        getattr(model, name).register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
+    out = OutputCapture(model)(torch.randn(2, 3, 32, 32))
+    expected = np.concatenate([numpy_statistics(seen["layer1"]), numpy_statistics(seen["layer2"])], 1)
+    np.testing.assert_allclose(out.layer_stats.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+class Tokens(nn.Module):
+    """Stages returning 3-D token tensors ``(N, L, D)``: not image feature maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1, self.stage2 = nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage2(self.stage1(x)).mean(1))
+
+
+def test_auto_finds_nothing_without_image_feature_maps_or_with_one_feature_stage():
+    x = torch.randn(2, 5, 4)
+    assert OutputCapture(Tokens())(x).layer_stats is None
+    assert (
+        OutputCapture(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))(x[:, 0]).layer_stats is None
+    )
+    # VGG and MobileNet: one nn.Sequential of feature maps, then a head, also nn.Sequential
+    single = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
+    )
+    assert OutputCapture(single)(torch.randn(2, 1, 5, 5)).layer_stats is None
+    # named, a 3-D output is taken as (N, C, L)
+    named = OutputCapture(Tokens(), layers="stage1")(x)
+    assert named.layer_stats.shape == (2, 10)
 
 
 @torch.no_grad()
@@ -65,7 +86,7 @@ def test_an_ensemble_records_each_members_stages_in_member_order():
 def test_bad_layers_are_named():
     net, x = conv_net(), torch.randn(2, 1, 5, 5)
     with pytest.raises(ValueError, match="no submodule 'stage9'"):
-        OutputCapture(net, layers=["stage9"])
+        OutputCapture(net, layers="stage9")  # one name, not its characters
     with pytest.raises(ValueError, match=r"returned \(2, 6\), but layer statistics need"):
         OutputCapture(net, layers=["3"])(x)  # Flatten's output is (N, C)
     branch = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
@@ -82,3 +103,5 @@ def test_indexing_moving_and_concatenating_keep_the_layer_statistics():
     assert torch.equal(out.to("cpu").detach().layer_stats, out.layer_stats)
     assert torch.equal(concat_outputs([out[:2], out[2:]]).layer_stats, out.layer_stats)
     assert concat_outputs([ModelOutputs(torch.zeros(2, 3))]).layer_stats is None
+    with pytest.raises(ValueError, match="Some batches of outputs carry `layer_stats`"):
+        concat_outputs([out[:2], ModelOutputs(torch.zeros(2, 3), torch.zeros(2, 4))])

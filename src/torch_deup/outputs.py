@@ -64,27 +64,34 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def auto_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose feature-map statistics :class:`OutputCapture` records by default.
-
-    The model's stages, taken as its direct ``nn.Sequential`` children (each member's, for a
-    :class:`~torch_deup.models.ensemble.DeepEnsemble`), all but the last: the penultimate embedding
-    already summarises the last stage. For a ResNet, ``layer1`` to the stage before the last.
-    """
+def ensemble_members(model: nn.Module) -> list[nn.Module]:
+    """The members of the :class:`~torch_deup.models.ensemble.DeepEnsemble` in ``model``, or ``[]``."""
     from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
 
     ensemble = next((m for m in model.modules() if isinstance(m, DeepEnsemble)), None)
-    roots = list(ensemble.members) if ensemble is not None else [model]
-    layers = []
-    for root in roots:
-        stages = [child for child in root.children() if isinstance(child, nn.Sequential)]
-        layers += stages[:-1]
-    return layers
+    return list(ensemble.members) if ensemble is not None else []
+
+
+def auto_layers(model: nn.Module) -> list[list[nn.Module]]:
+    """The candidate layers of ``layers="auto"`` in :class:`OutputCapture`, one list per model.
+
+    A model's stages are taken as its direct ``nn.Sequential`` children (each member's, for a
+    :class:`~torch_deup.models.ensemble.DeepEnsemble`). In a forward, those whose output is an
+    image feature map ``(N, C, H, W)`` are recorded, all but the last: the penultimate embedding
+    already summarises the last one. For a CIFAR ResNet that is ``layer1`` and ``layer2``. A model
+    whose feature maps come from a single ``nn.Sequential`` (VGG, MobileNet) or none (DenseNet,
+    transformers, MLPs) gets no layer statistics this way: name its blocks in ``layers=``.
+    """
+    return [
+        [child for child in root.children() if isinstance(child, nn.Sequential)]
+        for root in ensemble_members(model) or [model]
+    ]
 
 
 def channel_statistics(feature_map: Tensor) -> Tensor:
     """``(N, 2C)``: each channel's mean, then each channel's standard deviation (population), over
-    every dimension after the channel one of an ``(N, C, ...)`` feature map."""
+    every dimension after the channel one of an ``(N, C, ...)`` feature map (channels first, as
+    PyTorch's convolutions lay them out)."""
     var, mean = torch.var_mean(feature_map.float().flatten(2), dim=2, correction=0)
     return torch.cat([mean, var.sqrt()], dim=1)
 
@@ -99,8 +106,9 @@ class OutputCapture:
     Args:
         model: the model to run.
         layers: whose output feature maps to summarise in ``ModelOutputs.layer_stats``
-            (:func:`channel_statistics`): ``"auto"`` for :func:`auto_layers`, names of submodules
-            (``model.get_submodule``) whose outputs are ``(N, C, ...)`` tensors, or ``None``.
+            (:func:`channel_statistics`): ``"auto"`` (:func:`auto_layers`), the name or names of
+            submodules (``model.get_submodule``) whose outputs are ``(N, C, ...)`` tensors, in that
+            order, or ``None``.
 
     Example:
         >>> import torch
@@ -111,19 +119,20 @@ class OutputCapture:
     """
 
     def __init__(self, model: nn.Module, layers: str | Sequence[str] | None = "auto") -> None:
-        from torch_deup.models.ensemble import DeepEnsemble  # the models package imports this module
-
         self.model = model
-        ensemble = next((m for m in model.modules() if isinstance(m, DeepEnsemble)), None)
-        self.members = list(ensemble.members) if ensemble is not None else []
+        self.members = ensemble_members(model)
         self.heads = [last_linear(m) for m in self.members] if self.members else [last_linear(model)]
         if not (_distinct(self.members) and _distinct(self.heads)):
             raise ValueError(
                 "The ensemble's members share modules (the same member twice, or one head for several "
                 "members), so their outputs cannot be told apart. Give each member its own modules."
             )
-        self.explicit_layers = layers != "auto" and layers is not None
-        self.layers = auto_layers(model) if layers == "auto" else [_submodule(model, n) for n in layers or ()]
+        self.auto = layers == "auto"
+        if isinstance(layers, str) and not self.auto:
+            layers = [layers]
+        # groups of candidate layers: one per model (member) under "auto", one for named layers
+        self.groups = auto_layers(model) if self.auto else [[_submodule(model, n) for n in layers or ()]]
+        self.layers = [layer for group in self.groups for layer in group]
         self._embeddings: dict[int, Tensor] = {}
         self._member_logits: dict[int, Tensor] = {}
         self._layer_stats: dict[int, Tensor] = {}
@@ -136,9 +145,10 @@ class OutputCapture:
         self._member_logits[index] = output
 
     def _layer_hook(self, index: int, module: nn.Module, args: tuple[Tensor, ...], output: Any) -> None:
-        if isinstance(output, Tensor) and output.ndim >= 3:
+        # "auto" keeps image feature maps only: a 3-D output may hold tokens, not channels, second
+        if isinstance(output, Tensor) and (output.ndim == 4 if self.auto else output.ndim >= 3):
             self._layer_stats[index] = channel_statistics(output)
-        elif self.explicit_layers:
+        elif not self.auto:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
                 f"Layer {type(module).__name__} returned {shape}, but layer statistics need an "
@@ -181,18 +191,30 @@ class OutputCapture:
             if self.members
             else None
         )
-        if self.explicit_layers and len(self._layer_stats) < len(self.layers):
+        if not self.auto and len(self._layer_stats) < len(self.layers):
             raise ValueError(
                 f"Only {len(self._layer_stats)} of the {len(self.layers)} layers given in `layers` ran in "
                 "the model's forward. Name layers the forward runs."
             )
-        # all or nothing: statistics of some layers only would not match those of a fitted detector
-        complete = self.layers and len(self._layer_stats) == len(self.layers)
-        layer_stats = (
-            torch.cat([self._layer_stats[i] for i in range(len(self.layers))], 1) if complete else None
-        )
+        layer_stats = self._gather_layer_stats()
         self._embeddings, self._member_logits, self._layer_stats = {}, {}, {}
         return ModelOutputs(logits, embedding, members, layer_stats)
+
+    def _gather_layer_stats(self) -> Tensor | None:
+        """The recorded statistics in layer order, under "auto" without each model's last feature
+        map; ``None`` if a model has nothing left (statistics of some members only would not match
+        what a detector was fitted on)."""
+        stats, start = [], 0
+        for group in self.groups:
+            recorded = [
+                self._layer_stats[i] for i in range(start, start + len(group)) if i in self._layer_stats
+            ]
+            start += len(group)
+            kept = recorded[:-1] if self.auto else recorded
+            if not kept:
+                return None
+            stats += kept
+        return torch.cat(stats, dim=1)
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module:
@@ -247,7 +269,8 @@ def collect_outputs(
     layers: str | Sequence[str] | None = "auto",
 ) -> tuple[ModelOutputs, Tensor]:
     """Run ``model`` once over ``loader``; return all outputs (on CPU) and targets. ``layers``: as
-    for :class:`OutputCapture`.
+    for :class:`OutputCapture` (its default records a few hundred floats per sample for a CIFAR
+    ResNet; pass ``None`` where nothing reads them).
 
     Raises:
         ValueError: if the loader yields no batch.
@@ -268,9 +291,14 @@ def collect_outputs(
 
 def concat_outputs(outputs: Sequence[ModelOutputs]) -> ModelOutputs:
     """Concatenate batches of outputs along the sample dimension."""
-    first = outputs[0]
 
     def cat(field: str) -> Tensor | None:
-        return None if getattr(first, field) is None else torch.cat([getattr(o, field) for o in outputs])
+        present = [getattr(o, field) is not None for o in outputs]
+        if any(present) and not all(present):
+            raise ValueError(
+                f"Some batches of outputs carry `{field}` and others do not. Collect every batch with the "
+                "same OutputCapture (the same model and `layers`)."
+            )
+        return torch.cat([getattr(o, field) for o in outputs]) if present[0] else None
 
     return ModelOutputs(*(cat(field) for field in ("logits", "embedding", "members", "layer_stats")))

@@ -6,6 +6,7 @@ from torch_deup.ood_criteria import (
     EntropyCriterion,
     GDACriterion,
     KNNCriterion,
+    LayerStatisticsCriterion,
     MahalanobisCriterion,
     MaxLogitCriterion,
     MaxSoftmaxCriterion,
@@ -24,6 +25,7 @@ NAMES = {
     "knn": (KNNCriterion, "KNN"),
     "gda": (GDACriterion, "GDA"),
     "vim": (ViMCriterion, "ViM"),
+    "layer_stats": (LayerStatisticsCriterion, "LayerStats"),
     "mutual_information": (MutualInformationCriterion, "MutualInformation"),
 }
 

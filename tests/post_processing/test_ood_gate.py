@@ -5,6 +5,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.models import conv_net
 from torch_deup.features import ViMScore
 from torch_deup.features.base import feature_matrix
 from torch_deup.features.distance import KNNDistance
@@ -13,6 +14,7 @@ from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.ood_gate import OODGate, RangeGate
+from torch_deup.routines import ClassificationRoutine
 
 
 def scores(n: int, shift: float, seed: int) -> torch.Tensor:
@@ -158,17 +160,6 @@ def test_range_gate_is_zero_up_to_the_edge_then_one_minus_exp_of_the_standard_de
         RangeGate().fit(torch.tensor([1.0, float("inf")]))
 
 
-def conv_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU()),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
-
-
 def image_loader(n: int, seed: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(torch.randn(n, 1, 5, 5, generator=g), torch.arange(n) % 3), batch_size=32)
@@ -229,3 +220,32 @@ def test_layer_gate_save_load_is_bit_exact_and_mismatched_outputs_are_refused(tm
         )
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
+
+
+def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
+    model = conv_net()
+    deup = DEUP(model=model, layers=["1"], **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    assert deup.layer_gate_[0].mean_.shape == (12,)  # the second stage: 6 means, 6 deviations
+    assert deup(torch.randn(5, 1, 5, 5)).shape == (5,)
+    with pytest.raises(ValueError, match="Give both the same `layers`"):
+        ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"]), layers=["0"])
+    assert ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"])).layers == ["1"]
+    with pytest.raises(ValueError, match="`layers`"):
+        DEUP(layers=[1]).fit_outputs(ModelOutputs(torch.randn(10, 3)), torch.arange(10) % 3)
+
+
+def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_one(tmp_path):
+    model = linear_model()
+    deup = DEUP(model=model, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    # what the previous version wrote: no layer gate, its parameters absent, the cost with the gate
+    for key in ("layer_gate", "layer_tail", "layers"):
+        del state["params"][key]
+    del state["layer_gate"]
+    state["gate"]["error_cost"] = state.pop("error_cost")
+    torch.save(state, tmp_path / "old.pt")
+    old = DEUP.load(tmp_path / "old.pt", model=model)
+    x = torch.randn(20, 4) * 3
+    assert torch.equal(old(x), deup(x))
+    assert old.layer_gate is False

@@ -39,20 +39,22 @@ def require_embedding(outputs: ModelOutputs, estimator: object) -> Tensor:
     return embedding
 
 
-def check_dimension(embedding: Tensor, dim: int, estimator: object) -> None:
-    """Raise if a query embedding's width differs from the one seen in ``fit``."""
+def check_dimension(embedding: Tensor, dim: int, estimator: object, what: str = "embeddings") -> None:
+    """Raise if a query embedding's (or other ``what``'s) width differs from the one seen in ``fit``."""
     if embedding.shape[1] != dim:
         raise ValueError(
-            f"{type(estimator).__name__} was fitted on {dim}-dimensional embeddings, but got "
-            f"{embedding.shape[1]}-dimensional ones. Score outputs of the model it was fitted on."
+            f"{type(estimator).__name__} was fitted on {dim}-dimensional {what}, but got "
+            f"{embedding.shape[1]}-dimensional ones. Score outputs of the model it was fitted on"
+            + (", collected with the same `layers`." if what == "layer statistics" else ".")
         )
 
 
-def check_finite(embedding: Tensor) -> None:
-    """Raise if training embeddings contain NaN or inf (they would poison every fitted statistic)."""
+def check_finite(embedding: Tensor, what: str = "embeddings") -> None:
+    """Raise if training embeddings (or ``what``) contain NaN or inf (they would poison every
+    fitted statistic)."""
     if not torch.isfinite(embedding).all():
         raise ValueError(
-            "Expected finite training embeddings, but they contain NaN or inf. Check the model "
+            f"Expected finite training {what}, but they contain NaN or inf. Check the model "
             "and its inputs for overflow before fitting."
         )
 

@@ -30,7 +30,8 @@ def require_layer_stats(outputs: ModelOutputs, estimator: object) -> Tensor:
         raise ValueError(
             f"{type(estimator).__name__} reads intermediate feature-map statistics, but "
             "ModelOutputs.layer_stats is None. Collect outputs with torch_deup.outputs.OutputCapture "
-            "or collect_outputs; for a model without nn.Sequential stages, name its blocks in `layers=`."
+            "or collect_outputs; for a model whose stages are not nn.Sequential children, name its "
+            "blocks in `layers=` (of OutputCapture, collect_outputs, DEUP or ClassificationRoutine)."
         )
     return outputs.layer_stats
 
@@ -56,7 +57,7 @@ class LayerStatistics(FeatureExtractor):
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> LayerStatistics:
         stats = require_layer_stats(outputs, self).double()
-        check_finite(stats)
+        check_finite(stats, "layer statistics")
         if len(stats) < 2:
             raise ValueError(f"LayerStatistics needs at least 2 training rows, but got {len(stats)}.")
         self.mean_ = stats.mean(0)
@@ -67,7 +68,7 @@ class LayerStatistics(FeatureExtractor):
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "mean_")
         stats = require_layer_stats(outputs, self).double()
-        check_dimension(stats, len(self.mean_), self)
+        check_dimension(stats, len(self.mean_), self, "layer statistics")
         white = torch.linalg.solve_triangular(self.cholesky_, (stats - self.mean_).T, upper=False)
         return white.square().sum(0)[:, None].float()
 

@@ -32,7 +32,7 @@ class FeatureCriterion(OODCriterion):
         """A fresh, unfitted extractor built from the criterion's arguments."""
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> FeatureCriterion:
-        """Fit the extractor on the training split's outputs (which must carry the embedding)."""
+        """Fit the extractor on the training split's outputs (which must carry what it reads)."""
         self.extractor_ = self.make_extractor().fit(outputs, targets)
         return self
 
@@ -134,7 +134,7 @@ class LayerStatisticsCriterion(FeatureCriterion):
         torch.Size([3])
     """
 
-    name = "Layer statistics"
+    name = "LayerStats"
 
     def make_extractor(self) -> FeatureExtractor:
         return LayerStatistics()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +21,10 @@ class PostProcessing(ABC):
     #: whether ``fit`` makes use of the training split's outputs (``train_loader``)
     uses_train_data: bool = False
 
-    def __init__(self, model: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module | None = None, layers: str | Sequence[str] | None = "auto") -> None:
         self.model = model
+        #: the layers whose feature-map statistics the base model's outputs carry (OutputCapture)
+        self.layers = layers
 
     def set_model(self, model: nn.Module) -> None:
         """Attach the base model (the evaluation routine does this for you)."""
@@ -63,7 +65,7 @@ class PostProcessing(ABC):
         model = self._require_model()
         device = next(iter(model.parameters()), torch.empty(0)).device
         with torch.no_grad():
-            return OutputCapture(model)(x.to(device))
+            return OutputCapture(model, self.layers)(x.to(device))
 
     def __call__(self, x: Tensor) -> Tensor:
         """Uncertainty scores for raw inputs: one forward pass of the base model, then the scorer."""

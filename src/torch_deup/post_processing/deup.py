@@ -280,6 +280,9 @@ class DEUP(PostProcessing):
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
+        layers: the layers whose feature-map statistics the layer gate reads, as for
+            :class:`~torch_deup.outputs.OutputCapture` (``"auto"``: a model's stages but the last).
+            Give a :class:`~torch_deup.routines.ClassificationRoutine` the same.
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -316,8 +319,9 @@ class DEUP(PostProcessing):
         patience: int = 10,
         progress: bool = True,
         seed: int = 0,
+        layers: str | Sequence[str] | None = "auto",
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, layers)
         self.task = task
         self.num_folds = num_folds
         self.hidden_dim = hidden_dim
@@ -358,6 +362,14 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
         if not isinstance(self.layer_tail, int | float) or not 0 <= self.layer_tail < 1:
             raise ValueError(f"Expected `layer_tail` in [0, 1), but got {self.layer_tail!r}.")
+        if not (
+            self.layers is None
+            or isinstance(self.layers, str)
+            or (isinstance(self.layers, list | tuple) and all(isinstance(n, str) for n in self.layers))
+        ):
+            raise ValueError(
+                f"Expected `layers` to be 'auto', None or module names, but got {self.layers!r}."
+            )
         if not isinstance(self.layer_gate, bool):
             raise ValueError(f"Expected `layer_gate` to be True or False, but got {self.layer_gate!r}.")
         if (
@@ -434,7 +446,7 @@ class DEUP(PostProcessing):
         was_training = model.training
         model.eval()
         try:
-            return collect_outputs(model, loader, self.device, self.progress, desc)
+            return collect_outputs(model, loader, self.device, self.progress, desc, self.layers)
         finally:
             model.train(was_training)
 
@@ -615,7 +627,7 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- scoring
     def score_outputs(self, outputs: ModelOutputs) -> Tensor:
         """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
-        mixed with the OOD gate's probability when there is a gate."""
+        mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7)."""
         self._check_fitted()
         device = outputs.logits.device
         outputs = outputs.to("cpu")
@@ -649,7 +661,7 @@ class DEUP(PostProcessing):
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
         "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "batch_size", "lr", "weight_decay",
-        "patience", "progress", "seed",
+        "patience", "progress", "seed", "layers",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -668,15 +680,14 @@ class DEUP(PostProcessing):
                 "state": self.gate_.state_dict(),
                 "score": None if self.gate_score_ is None else _entry(self.gate_score_),
                 "column": self.gate_column_,
-                "error_cost": self.error_cost_,
             },
             "layer_gate": None
             if self.layer_gate_ is None
             else {
                 "layer": _entry(self.layer_gate_[0]),
                 "state": self.layer_gate_[1].state_dict(),
-                "error_cost": self.error_cost_,
             },
+            "error_cost": self.error_cost_,
         }
         torch.save(state, path)
 
@@ -684,7 +695,9 @@ class DEUP(PostProcessing):
     def load(cls, path: str | Path, model: nn.Module | None = None, device: Any = None) -> DEUP:
         """Rebuild a fitted DEUP saved by :meth:`save`; scores are identical to the last bit."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        deup = cls(model=model, device=device, **state["params"])
+        # a file saved before the layer gate was fitted without one: refitting it must not add one
+        params = {"layer_gate": False, **state["params"]}
+        deup = cls(model=model, device=device, **params)
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
         deup.scaler_ = FeatureScaler(**state["scaler"])
         g_state = state["g"]
@@ -701,12 +714,13 @@ class DEUP(PostProcessing):
             score = state["gate"]["score"]
             deup.gate_score_ = None if score is None else _rebuild(score)
             deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
-            deup.error_cost_ = state["gate"]["error_cost"]
+            # saved before the layer gate: the cost lived with the gate
+            deup.error_cost_ = state.get("error_cost", state["gate"].get("error_cost"))
         if state.get("layer_gate") is not None:  # files saved before the layer gate have none
             gate = RangeGate(deup.layer_tail)
             gate.load_state_dict(state["layer_gate"]["state"])
             deup.layer_gate_ = (_rebuild(state["layer_gate"]["layer"]), gate)
-            deup.error_cost_ = state["layer_gate"]["error_cost"]
+            deup.error_cost_ = state["error_cost"]
         return deup
 
 

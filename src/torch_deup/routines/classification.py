@@ -52,6 +52,8 @@ class ClassificationRoutine(LightningModule):
         optim_recipe: an optimizer, or ``model -> optimizer`` (or Lightning's optimizer dict).
         ood_cost: cost of accepting an OOD sample in the SCOD metrics.
         refit: refit the post-processing and fitted criteria at every ``test`` call.
+        layers: the layers whose feature-map statistics the outputs carry, as for
+            :class:`~torch_deup.outputs.OutputCapture`; ``"auto"`` follows the post-processing's.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -72,6 +74,7 @@ class ClassificationRoutine(LightningModule):
         optim_recipe: OptimRecipe | None = None,
         ood_cost: float = 0.5,
         refit: bool = False,
+        layers: str | Sequence[str] | None = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -90,7 +93,16 @@ class ClassificationRoutine(LightningModule):
         self.optim_recipe = optim_recipe
         self.ood_cost = ood_cost
         self.refit = refit
-        self._capture = OutputCapture(model)
+        post_layers = getattr(post_processing, "layers", layers)
+        if layers == "auto":
+            layers = post_layers  # the routine's outputs must carry what the post-processing reads
+        elif post_layers != layers:
+            raise ValueError(
+                f"The routine records the statistics of layers {layers!r} but the post-processing reads "
+                f"{post_layers!r}. Give both the same `layers`."
+            )
+        self.layers = layers
+        self._capture = OutputCapture(model, layers)
         self.val_acc = MeanMetric()
         self.test_metrics: EvaluationMetrics | None = None
         self.flops_: int | None = None
@@ -235,7 +247,9 @@ class ClassificationRoutine(LightningModule):
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         progress = self.trainer.progress_bar_callback is not None
-        return collect_outputs(self.model, loader, self.device, progress=progress, desc=desc)
+        return collect_outputs(
+            self.model, loader, self.device, progress=progress, desc=desc, layers=self.layers
+        )
 
 
 def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:

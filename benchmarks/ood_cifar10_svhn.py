@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
 CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
+CACHE_VERSION = 2  # bumped when what a field holds changes (2: layer_stats of every block)
 BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats"]
 
 
@@ -70,7 +71,7 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     checkpoint_sha256 = "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in args.checkpoint)
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        if saved.get("checkpoint_sha256") == checkpoint_sha256 and saved.get("fields") == list(CACHED):
+        if saved.get("checkpoint_sha256") == checkpoint_sha256 and saved.get("version") == CACHE_VERSION:
             return cached_sets(saved), saved["times"]
         print(f"{cache} holds another checkpoint's outputs, or older fields: recomputing them")
     dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
@@ -96,7 +97,7 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
             "sets": payload,
             "times": times,
             "checkpoint_sha256": checkpoint_sha256,
-            "fields": list(CACHED),
+            "version": CACHE_VERSION,
         }
         torch.save(saved, cache)
     return sets, times

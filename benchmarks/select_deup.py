@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ood_cifar10_svhn import CACHED, cached_sets, load_model
+from ood_cifar10_svhn import CACHE_VERSION, cached_sets, load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
@@ -167,7 +167,7 @@ def main() -> None:
     outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
     saved = torch.load(outputs, weights_only=True)
-    if saved.get("fields") != list(CACHED):
+    if saved.get("version") != CACHE_VERSION:
         raise SystemExit(
             f"{outputs} was written by an older ood_cifar10_svhn.py: run it again to refresh it."
         )

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
 CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
-CACHE_VERSION = 2  # bumped when what a field holds changes (2: layer_stats of every block)
+CACHE_VERSION = 3  # bumped when what a field holds changes (3: layer_stats of the stages again)
 BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats"]
 
 

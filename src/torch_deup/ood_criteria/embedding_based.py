@@ -42,7 +42,9 @@ class FeatureCriterion(OODCriterion):
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "extractor_")
-        return self.sign * self.extractor_(outputs)[:, 0]
+        # the fitted state lives on the CPU, where fit ran: score there, answer on the caller's device
+        device = outputs.logits.device
+        return (self.sign * self.extractor_(outputs.to("cpu"))[:, 0]).to(device)
 
 
 class MahalanobisCriterion(FeatureCriterion):

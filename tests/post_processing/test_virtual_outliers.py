@@ -3,6 +3,7 @@ import torch
 from scipy.stats import chi2
 
 from torch_deup.features.distance import MahalanobisDistance
+from torch_deup.features.layers import LayerStatistics
 from torch_deup.features.outputs import OutputStatistics
 from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs, OutputCapture
@@ -88,3 +89,12 @@ def test_an_ensembles_outliers_carry_each_members_head_on_its_own_slice():
             torch.testing.assert_close(virtual.members[:, m], member[2](own_slice), rtol=1e-4, atol=1e-4)
     mean_prob = virtual.members.softmax(2).mean(1)
     torch.testing.assert_close(virtual.logits.exp(), mean_prob, rtol=1e-5, atol=1e-6)
+
+
+def test_a_feature_reading_layer_statistics_is_refused_with_the_way_out():
+    train = (
+        ModelOutputs(torch.randn(60, 3), torch.randn(60, 4), layer_stats=torch.randn(60, 2)),
+        torch.arange(60) % 3,
+    )
+    with pytest.raises(ValueError, match="set `virtual_outliers=0`"):
+        virtual_outlier_rows([LayerStatistics().fit(*train)], train, 10, 1.0, seed=0)

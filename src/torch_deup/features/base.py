@@ -42,6 +42,8 @@ class FeatureExtractor(ABC):
     needs_fit: bool = False
     #: whether the extractor reads ``ModelOutputs.embedding``
     needs_embedding: bool = False
+    #: whether the extractor reads ``ModelOutputs.layer_stats``
+    needs_layer_stats: bool = False
     #: +1 if larger values mean farther from the training data (a distance), -1 if smaller do
     #: (a density), 0 if neither; DEUP makes its error predictor monotone in such columns
     ood_direction: int = 0

@@ -99,11 +99,16 @@ def cholesky_with_jitter(cov: Tensor) -> tuple[Tensor, float]:
     raise RuntimeError(f"Covariance is not positive definite even with jitter {jitter:g} on its diagonal.")
 
 
+def squared_mahalanobis(x: Tensor, mean: Tensor, cholesky: Tensor) -> Tensor:
+    """``(z - mean)^T (L L^T)^-1 (z - mean)`` for each row z of ``x``, by one triangular solve."""
+    return torch.linalg.solve_triangular(cholesky, (x - mean).T, upper=False).square().sum(0)
+
+
 def gaussian_log_pdf(embedding: Tensor, mean: Tensor, cholesky: Tensor) -> Tensor:
-    """log N(z; mean, L L^T) for each row z of ``embedding``, by one triangular solve."""
-    white = torch.linalg.solve_triangular(cholesky, (embedding - mean).T, upper=False)
+    """log N(z; mean, L L^T) for each row z of ``embedding``."""
     log_det = 2.0 * cholesky.diagonal().log().sum()
-    return -0.5 * (white.square().sum(0) + log_det + embedding.shape[1] * math.log(2.0 * math.pi))
+    distance = squared_mahalanobis(embedding, mean, cholesky)
+    return -0.5 * (distance + log_det + embedding.shape[1] * math.log(2.0 * math.pi))
 
 
 class GaussianDensity(FeatureExtractor):

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from torch_deup.features.base import FeatureExtractor, check_is_fitted
-from torch_deup.features.density import check_dimension, check_finite, cholesky_with_jitter
+from torch_deup.features.density import (
+    check_dimension,
+    check_finite,
+    cholesky_with_jitter,
+    squared_mahalanobis,
+)
 from torch_deup.outputs import ModelOutputs
 
 
@@ -46,6 +50,7 @@ class LayerStatistics(FeatureExtractor):
     Computed in float64; the column is float32.
 
     Example:
+        >>> import torch
         >>> train = ModelOutputs(torch.zeros(100, 2), layer_stats=torch.randn(100, 4))
         >>> layer = LayerStatistics().fit(train, torch.zeros(100, dtype=torch.long))
         >>> layer(ModelOutputs(torch.zeros(3, 2), layer_stats=torch.zeros(3, 4))).shape
@@ -53,6 +58,7 @@ class LayerStatistics(FeatureExtractor):
     """
 
     needs_fit = True
+    needs_layer_stats = True
     ood_direction = 1
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> LayerStatistics:
@@ -69,8 +75,7 @@ class LayerStatistics(FeatureExtractor):
         check_is_fitted(self, "mean_")
         stats = require_layer_stats(outputs, self).double()
         check_dimension(stats, len(self.mean_), self, "layer statistics")
-        white = torch.linalg.solve_triangular(self.cholesky_, (stats - self.mean_).T, upper=False)
-        return white.square().sum(0)[:, None].float()
+        return squared_mahalanobis(stats, self.mean_, self.cholesky_)[:, None].float()
 
     @property
     def names(self) -> list[str]:

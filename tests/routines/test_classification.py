@@ -20,6 +20,7 @@ from torch_deup import TUTrainer
 from torch_deup.features import EnsembleDisagreement
 from torch_deup.models import DeepEnsemble
 from torch_deup.ood_criteria import GDACriterion, MaxSoftmaxCriterion
+from torch_deup.outputs import collect_outputs
 from torch_deup.post_processing import DEUP
 from torch_deup.routines import ClassificationRoutine
 
@@ -268,3 +269,25 @@ def test_flops_include_the_post_processing_score():
     results = run_test(routine, BlobDataModule())
     model_flops = 2 * 64 * (2 * 16 + 16 * 3)
     assert results["test/cplx/flops"] == model_flops + 2 * 64 * 16  # + the scorer's (64, 16) @ (16, 1)
+
+
+def test_fitting_outputs_are_computed_at_the_precision_of_the_test_steps():
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(
+        trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion="deup"
+    )
+    datamodule = BlobDataModule()
+    trainer = TUTrainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(routine, datamodule=datamodule, verbose=False)
+    train = datamodule.train_eval_dataloader()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = collect_outputs(routine.model, train, progress=False)[0].embedding.mean(0)
+    full = collect_outputs(routine.model, train, progress=False)[0].embedding.mean(0)
+    assert not torch.allclose(low, full, rtol=0, atol=1e-4)  # bf16 does change the embedding
+    torch.testing.assert_close(post.center_, low)

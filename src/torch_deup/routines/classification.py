@@ -247,9 +247,10 @@ class ClassificationRoutine(LightningModule):
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         progress = self.trainer.progress_bar_callback is not None
-        return collect_outputs(
-            self.model, loader, self.device, progress=progress, desc=desc, layers=self.layers
-        )
+        # the precision of test_step (bf16-mixed autocast, ...): the outputs the post-processing and
+        # the criteria are fitted on must be computed as the test batches they will score
+        with self.trainer.precision_plugin.test_step_context():
+            return collect_outputs(self.model, loader, self.device, progress, desc, self.layers)
 
 
 def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:

@@ -235,17 +235,28 @@ def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
 
 
 def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_one(tmp_path):
-    model = linear_model()
-    deup = DEUP(model=model, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    model = conv_net()
+    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     deup.save(tmp_path / "deup.pt")
     state = torch.load(tmp_path / "deup.pt", weights_only=True)
-    # what the previous version wrote: no layer gate, its parameters absent, the cost with the gate
+    # what the previous version wrote: no layer gate, its parameters absent, no top-level cost
     for key in ("layer_gate", "layer_tail", "layers"):
         del state["params"][key]
     del state["layer_gate"]
-    state["gate"]["error_cost"] = state.pop("error_cost")
+    del state["error_cost"]
     torch.save(state, tmp_path / "old.pt")
     old = DEUP.load(tmp_path / "old.pt", model=model)
-    x = torch.randn(20, 4) * 3
-    assert torch.equal(old(x), deup(x))
+    assert old.layer_gate_ is None
     assert old.layer_gate is False
+    old.fit(image_loader(90, 0), image_loader(150, 1))
+    assert old.layer_gate_ is None  # refitting does not add one
+    assert deup.layer_gate_ is not None
+
+
+def test_a_deup_without_gates_survives_save_load_save(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0))  # no training data: no gate
+    deup.save(tmp_path / "a.pt")
+    DEUP.load(tmp_path / "a.pt", model=model).save(tmp_path / "b.pt")
+    x = torch.randn(10, 1, 5, 5)
+    assert torch.equal(DEUP.load(tmp_path / "b.pt", model=model)(x), deup(x))

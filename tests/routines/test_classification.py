@@ -291,3 +291,32 @@ def test_fitting_outputs_are_computed_at_the_precision_of_the_test_steps():
     full = collect_outputs(routine.model, train, progress=False)[0].embedding.mean(0)
     assert not torch.allclose(low, full, rtol=0, atol=1e-4)  # bf16 does change the embedding
     torch.testing.assert_close(post.center_, low)
+
+
+def test_vim_and_a_default_deup_fit_on_bf16_outputs():
+    # bf16 rounds the head's output: the recovered linear head must still pass the affine check
+    deup = DEUP(max_epochs=3, progress=False)
+    routine = ClassificationRoutine(
+        trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=deup, ood_criterion=["vim", "deup"]
+    )
+    trainer = TUTrainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    values = trainer.test(routine, datamodule=BlobDataModule(), verbose=False)[0]
+    # the far blobs are far: both detect them
+    assert values["ood/ViM/AUROC"] > 0.9
+    assert values["ood/DEUP/AUROC"] > 0.9
+
+
+def test_equal_layer_settings_in_other_spellings_are_accepted():
+    model = trained_mlp()
+    assert ClassificationRoutine(
+        model, NUM_CLASSES, post_processing=DEUP(layers=("0",)), layers=["0"]
+    ).layers == ["0"]
+    assert ClassificationRoutine(
+        model, NUM_CLASSES, post_processing=DEUP(layers="0"), layers=["0"]
+    ).layers == ["0"]

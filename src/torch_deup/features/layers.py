@@ -34,8 +34,9 @@ def require_layer_stats(outputs: ModelOutputs, estimator: object) -> Tensor:
         raise ValueError(
             f"{type(estimator).__name__} reads intermediate feature-map statistics, but "
             "ModelOutputs.layer_stats is None. Collect outputs with torch_deup.outputs.OutputCapture "
-            "or collect_outputs; for a model whose stages are not nn.Sequential children, name its "
-            "blocks in `layers=` (of OutputCapture, collect_outputs, DEUP or ClassificationRoutine)."
+            "or collect_outputs. Where `layers='auto'` finds no stages (torch_deup.outputs.auto_layers "
+            "says which), name the blocks in `layers=` (of OutputCapture, collect_outputs, DEUP or "
+            "ClassificationRoutine)."
         )
     return outputs.layer_stats
 

@@ -18,8 +18,10 @@ from torch_deup.features.base import FeatureExtractor, check_is_fitted
 from torch_deup.features.density import check_dimension, check_finite, require_embedding
 from torch_deup.outputs import ModelOutputs, class_logits
 
-#: relative residual above which logits are not an affine function of the embedding
-AFFINE_TOLERANCE = 1e-3
+#: relative residual above which logits are not an affine function of the embedding; bf16 autocast
+#: rounds the head's output to about 2e-3 (measured 1.6e-3), a squared or log-softmaxed head is far
+#: above
+AFFINE_TOLERANCE = 1e-2
 
 
 def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:

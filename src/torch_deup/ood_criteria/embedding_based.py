@@ -33,7 +33,7 @@ class FeatureCriterion(OODCriterion):
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> FeatureCriterion:
         """Fit the extractor on the training split's outputs (which must carry what it reads)."""
-        self.extractor_ = self.make_extractor().fit(outputs, targets)
+        self.extractor_ = self.make_extractor().fit(outputs.to("cpu"), targets.cpu())
         return self
 
     @property
@@ -42,7 +42,7 @@ class FeatureCriterion(OODCriterion):
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "extractor_")
-        # the fitted state lives on the CPU, where fit ran: score there, answer on the caller's device
+        # the fitted state lives on the CPU: score there, answer on the caller's device
         device = outputs.logits.device
         return (self.sign * self.extractor_(outputs.to("cpu"))[:, 0]).to(device)
 

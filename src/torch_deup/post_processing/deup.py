@@ -708,19 +708,18 @@ class DEUP(PostProcessing):
         deup.g_.eval()
         deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
         deup.gate_ = deup.gate_score_ = deup.layer_gate_ = None
+        # saved before the layer gate, the cost lived with the OOD gate
+        deup.error_cost_ = state.get("error_cost", (state.get("gate") or {}).get("error_cost"))
         if state.get("gate") is not None:  # files saved before the gate existed have none
             deup.gate_ = OODGate(deup.ood_prior)
             deup.gate_.load_state_dict(state["gate"]["state"])
             score = state["gate"]["score"]
             deup.gate_score_ = None if score is None else _rebuild(score)
             deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
-            # saved before the layer gate: the cost lived with the gate
-            deup.error_cost_ = state.get("error_cost", state["gate"].get("error_cost"))
         if state.get("layer_gate") is not None:  # files saved before the layer gate have none
             gate = RangeGate(deup.layer_tail)
             gate.load_state_dict(state["layer_gate"]["state"])
             deup.layer_gate_ = (_rebuild(state["layer_gate"]["layer"]), gate)
-            deup.error_cost_ = state["error_cost"]
         return deup
 
 

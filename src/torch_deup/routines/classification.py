@@ -21,7 +21,14 @@ from torchmetrics import MeanMetric
 
 from torch_deup.metrics import params
 from torch_deup.ood_criteria import OODCriterion, get_criterion
-from torch_deup.outputs import ModelOutputs, OutputCapture, class_probabilities, collect_outputs, split_batch
+from torch_deup.outputs import (
+    ModelOutputs,
+    OutputCapture,
+    class_probabilities,
+    collect_outputs,
+    normalize_layers,
+    split_batch,
+)
 from torch_deup.post_processing import PostProcessing
 from torch_deup.routines.evaluation import EvaluationMetrics
 from torch_deup.routines.metric_keys import COMPLEXITY, metric_key
@@ -93,7 +100,8 @@ class ClassificationRoutine(LightningModule):
         self.optim_recipe = optim_recipe
         self.ood_cost = ood_cost
         self.refit = refit
-        post_layers = getattr(post_processing, "layers", layers)
+        layers = normalize_layers(layers)
+        post_layers = normalize_layers(getattr(post_processing, "layers", layers))
         if layers == "auto":
             layers = post_layers  # the routine's outputs must carry what the post-processing reads
         elif post_layers != layers:
@@ -247,8 +255,8 @@ class ClassificationRoutine(LightningModule):
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
         progress = self.trainer.progress_bar_callback is not None
-        # the precision of test_step (bf16-mixed autocast, ...): the outputs the post-processing and
-        # the criteria are fitted on must be computed as the test batches they will score
+        # the precision of test_step (a mixed precision's autocast): the outputs the post-processing
+        # and the criteria are fitted on must be computed as the test batches they will score
         with self.trainer.precision_plugin.test_step_context():
             return collect_outputs(self.model, loader, self.device, progress, desc, self.layers)
 

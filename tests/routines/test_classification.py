@@ -25,8 +25,12 @@ from torch_deup.post_processing import DEUP
 from torch_deup.routines import ClassificationRoutine
 
 
-def run_test(routine: ClassificationRoutine, datamodule: BlobDataModule) -> dict[str, float]:
-    trainer = TUTrainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+def run_test(
+    routine: ClassificationRoutine, datamodule: BlobDataModule, **trainer_kwargs
+) -> dict[str, float]:
+    trainer = TUTrainer(
+        accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs
+    )
     return trainer.test(routine, datamodule=datamodule, verbose=False)[0]
 
 
@@ -277,14 +281,7 @@ def test_fitting_outputs_are_computed_at_the_precision_of_the_test_steps():
         trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=post, ood_criterion="deup"
     )
     datamodule = BlobDataModule()
-    trainer = TUTrainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.test(routine, datamodule=datamodule, verbose=False)
+    run_test(routine, datamodule, precision="bf16-mixed")
     train = datamodule.train_eval_dataloader()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = collect_outputs(routine.model, train, progress=False)[0].embedding.mean(0)
@@ -299,14 +296,7 @@ def test_vim_and_a_default_deup_fit_on_bf16_outputs():
     routine = ClassificationRoutine(
         trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=deup, ood_criterion=["vim", "deup"]
     )
-    trainer = TUTrainer(
-        accelerator="cpu",
-        devices=1,
-        precision="bf16-mixed",
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    values = trainer.test(routine, datamodule=BlobDataModule(), verbose=False)[0]
+    values = run_test(routine, BlobDataModule(), precision="bf16-mixed")
     # the far blobs are far: both detect them
     assert values["ood/ViM/AUROC"] > 0.9
     assert values["ood/DEUP/AUROC"] > 0.9

@@ -60,7 +60,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-class OODGate:
+class _Gate:
+    """Saving and loading the fitted state named in ``_STATE``."""
+
+    _STATE: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in self._STATE:
+            setattr(self, key, state[key])
+
+
+class OODGate(_Gate):
     """``pi(s)``: the probability that an input with OOD score ``s`` is out of distribution.
 
     Args:
@@ -127,15 +140,8 @@ class OODGate:
 
     _STATE = ("calibration_", "scale_", "slope_", "intercept_")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self._STATE}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in self._STATE:
-            setattr(self, key, state[key])
-
-
-class RangeGate:
+class RangeGate(_Gate):
     """``pi(s) = 1 - exp(-max(0, s - edge) / sd)``: the OOD probability of a score in the far tail
     of the calibration scores.
 
@@ -175,8 +181,4 @@ class RangeGate:
         """``pi`` for each score, float32."""
         return (-torch.expm1(-torch.relu(scores.double() - self.edge_) / self.scale_)).float()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"tail": self.tail, "edge_": self.edge_, "scale_": self.scale_}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tail, self.edge_, self.scale_ = state["tail"], state["edge_"], state["scale_"]
+    _STATE = ("tail", "edge_", "scale_")

@@ -13,7 +13,7 @@ from torch_deup.features.layers import LayerStatistics
 from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
-from torch_deup.post_processing.ood_gate import OODGate, RangeGate
+from torch_deup.post_processing.ood_gate import OODGate, RangeGate, TailEvidence
 from torch_deup.routines import ClassificationRoutine
 
 
@@ -22,9 +22,8 @@ def scores(n: int, shift: float, seed: int) -> torch.Tensor:
 
 
 def test_evidence_is_minus_log_conformal_p_value_then_linear_beyond_the_calibration():
-    cal = torch.tensor([0.0, 1.0, 2.0, 3.0])
-    gate = OODGate().fit(cal, torch.tensor([5.0]))
-    got = gate.evidence(torch.tensor([-1.0, 1.0, 2.5, 3.0, 3.0 + 2 * cal.std()]))
+    cal = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    got = TailEvidence().fit(cal).evidence(torch.tensor([-1.0, 1.0, 2.5, 3.0, 3.0 + 2 * cal.std()]))
     # (1 + #{cal >= s}) / (n + 1): 5/5, 4/5, 2/5, 2/5, then 1/5 and two standard deviations beyond
     expected = -np.log([5 / 5, 4 / 5, 2 / 5, 2 / 5, 1 / 5]) + np.array([0, 0, 0, 0, 2.0])
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
@@ -168,43 +167,59 @@ def image_loader(n: int, seed: int) -> DataLoader:
 LAYER = {"max_epochs": 3, "progress": False, "held_out_classes": 2}
 
 
-@pytest.mark.parametrize("ood_prior", [0.0, 0.1])
-def test_deup_mixes_both_gates_in_as_independent_evidence(ood_prior):
+@pytest.mark.parametrize(("ood_prior", "layer_weight"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.5), (0.1, 0.7)])
+def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_evidence(
+    ood_prior, layer_weight
+):
     model = conv_net()
-    deup = DEUP(model=model, ood_prior=ood_prior, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    assert isinstance(deup.layer_gate_[0], LayerStatistics)
+    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=True, layer_weight=layer_weight, **LAYER)
+    deup.fit(image_loader(90, 0), image_loader(150, 1))
+    assert isinstance(deup.layer_, LayerStatistics)
     assert (deup.gate_ is not None) == (ood_prior > 0)
+    assert (deup.layer_evidence_ is not None) == (layer_weight > 0)
     x = torch.randn(40, 1, 5, 5) * torch.linspace(0.5, 4, 40)[:, None, None, None]
     outputs = deup.model_outputs(x)
     with torch.no_grad():
         g = deup.g_(deup.scaler_(feature_matrix(deup.features_, outputs)))
-    layer, gate = deup.layer_gate_
-    keep = 1 - gate.predict(layer(outputs)[:, 0])
+    distance = deup.layer_(outputs)[:, 0].double()
+    cal = deup.layer_(deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)])))[:, 0].double()
+    sd = cal.std()
+    # the edge is the 99% quantile of the calibration rows' distance
+    edge = torch.quantile(cal, 0.99)
+    assert deup.layer_gate_.edge_.item() == pytest.approx(edge.item(), rel=1e-5)
+    keep = torch.exp(-torch.relu(distance - edge) / sd)
     # the scaled inputs reach beyond the edge, the others do not
     assert (keep < 1).any()
     assert (keep == 1).any()
     if deup.gate_ is not None:
         keep = keep * (1 - deup.gate_.predict(deup.gate_score_(outputs)[:, 0]))
-    torch.testing.assert_close(deup(x), deup.error_cost_ * (1 - keep) + keep * g)
-    # the edge is the 99% quantile of the calibration rows' distance
-    cal = layer(deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)])))[:, 0]
-    assert gate.edge_.item() == pytest.approx(torch.quantile(cal.double(), 0.99).item(), rel=1e-5)
+    expected = deup.error_cost_ * (1 - keep) + keep * g
+    # t = -log((1 + #{cal >= d}) / (n + 1)), plus the standard deviations beyond the largest
+    at_least = (cal[None, :] >= distance[:, None]).sum(1)
+    t = -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(distance - cal.max()) / sd
+    expected = expected * torch.exp(layer_weight * (t - 1))
+    torch.testing.assert_close(deup(x), expected.float(), rtol=1e-4, atol=1e-6)
 
 
-def test_no_layer_gate_when_switched_off_without_stages_or_without_training_data():
-    assert (
-        DEUP(model=conv_net(), layer_gate=False, **LAYER)
-        .fit(image_loader(90, 0), image_loader(150, 1))
-        .layer_gate_
-        is None
-    )
-    assert DEUP(model=conv_net(), **LAYER).fit(image_loader(90, 0)).layer_gate_ is None
-    assert DEUP(model=linear_model(), **LAYER).fit(loader(90, 0), loader(150, 1)).layer_gate_ is None
+def test_no_layer_terms_when_switched_off_without_stages_or_without_training_data():
+    def layer_terms(deup: DEUP) -> tuple:
+        return deup.layer_, deup.layer_gate_, deup.layer_evidence_
+
+    off = DEUP(model=conv_net(), layer_gate=False, layer_weight=0, **LAYER)
+    assert layer_terms(off.fit(image_loader(90, 0), image_loader(150, 1))) == (None, None, None)
+    # by default: the evidence without the gate
+    default = DEUP(model=conv_net(), **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    assert default.layer_gate_ is None
+    assert default.layer_evidence_ is not None
+    assert layer_terms(DEUP(model=conv_net(), **LAYER).fit(image_loader(90, 0))) == (None, None, None)
+    mlp = DEUP(model=linear_model(), layer_gate=True, **LAYER).fit(loader(90, 0), loader(150, 1))
+    assert layer_terms(mlp) == (None, None, None)
 
 
-def test_layer_gate_save_load_is_bit_exact_and_mismatched_outputs_are_refused(tmp_path):
+@pytest.mark.parametrize("layer_gate", [False, True])
+def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(tmp_path, layer_gate):
     model = conv_net()
-    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    deup = DEUP(model=model, layer_gate=layer_gate, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     deup.save(tmp_path / "deup.pt")
     reloaded = DEUP.load(tmp_path / "deup.pt", model=model)
     x = torch.randn(30, 1, 5, 5) * 3
@@ -220,12 +235,15 @@ def test_layer_gate_save_load_is_bit_exact_and_mismatched_outputs_are_refused(tm
         )
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
+    for weight in (-0.5, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="layer_weight"):
+            DEUP(layer_weight=weight).fit_outputs(cal, torch.arange(30) % 3)
 
 
 def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
     model = conv_net()
     deup = DEUP(model=model, layers=["1"], **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    assert deup.layer_gate_[0].mean_.shape == (12,)  # the second stage: 6 means, 6 deviations
+    assert deup.layer_.mean_.shape == (12,)  # the second stage: 6 means, 6 deviations
     assert deup(torch.randn(5, 1, 5, 5)).shape == (5,)
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"]), layers=["0"])
@@ -239,18 +257,35 @@ def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_
     deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     deup.save(tmp_path / "deup.pt")
     state = torch.load(tmp_path / "deup.pt", weights_only=True)
-    # what the previous version wrote: no layer gate, its parameters absent, no top-level cost
-    for key in ("layer_gate", "layer_tail", "layers"):
+    # what the version before the layer gate wrote: no layer terms, their parameters absent, no
+    # top-level cost
+    for key in ("layer_gate", "layer_tail", "layer_weight", "layers"):
         del state["params"][key]
     del state["layer_gate"]
     del state["error_cost"]
     torch.save(state, tmp_path / "old.pt")
     old = DEUP.load(tmp_path / "old.pt", model=model)
-    assert old.layer_gate_ is None
-    assert old.layer_gate is False
+    assert (old.layer_, old.layer_gate_, old.layer_evidence_) == (None, None, None)
+    assert (old.layer_gate, old.layer_weight) == (False, 0.0)
     old.fit(image_loader(90, 0), image_loader(150, 1))
-    assert old.layer_gate_ is None  # refitting does not add one
-    assert deup.layer_gate_ is not None
+    assert (old.layer_, old.layer_gate_, old.layer_evidence_) == (None, None, None)  # nor after a refit
+    assert deup.layer_evidence_ is not None
+
+
+def test_a_save_from_before_the_layer_evidence_loads_with_its_gate_alone(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, layer_gate=True, layer_weight=0, **LAYER)
+    deup.fit(image_loader(90, 0), image_loader(150, 1)).save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    # what the version with the gate but before the evidence wrote
+    del state["params"]["layer_weight"]
+    del state["layer_gate"]["evidence"]
+    torch.save(state, tmp_path / "old.pt")
+    old = DEUP.load(tmp_path / "old.pt", model=model)
+    assert old.layer_weight == 0.0
+    assert old.layer_evidence_ is None
+    x = torch.randn(30, 1, 5, 5) * 3
+    assert torch.equal(old(x), deup(x))
 
 
 def test_a_deup_without_gates_survives_save_load_save(tmp_path):

@@ -217,6 +217,11 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    # the target region: OOD AUROC >= the best other criterion's - 1, mis. AUROC >= MSP's - 1
+    others = [r for r in rows if not r["criterion"].startswith("DEUP (") or "reference" in r["criterion"]]
+    ood_bar = max(r["OOD AUROC"] for r in others) - 1
+    mis_bar = next(r["Mis AUROC"] for r in rows if r["criterion"] == "MSP") - 1
+    ax.fill_between([mis_bar, 100], ood_bar, 100, color="C2", alpha=0.15, label="target region")
     for row in rows:
         ours = row["criterion"].startswith("DEUP (ours")
         ax.scatter(row["Mis AUROC"], row["OOD AUROC"], s=80 if ours else 40, c="C3" if ours else "C0")
@@ -230,6 +235,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     ax.set_xlabel("misclassification AUROC, CIFAR-10 test (%)")
     ax.set_ylabel("OOD AUROC, CIFAR-10 vs SVHN (%)")
     ax.set_title(f"{title}: every criterion on the same outputs")
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

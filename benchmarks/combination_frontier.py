@@ -13,10 +13,11 @@ with the distance ``d``:
 - *log evidence*: ``log e + w * t(d)``, ``t = -log p`` the conformal tail evidence among the
   validation distances (DEUP's ``layer_weight`` form), over ``w``.
 
-This reads test labels and SVHN: it shows where a family's frontier lies, and must not be used to
-choose a setting (the settings are chosen on ``select_deup.py``'s proxy). It is the diagnostic that
-showed the gate family far from the targets and the log-evidence family near them (see the
-closing note of the session that added it).
+This reads test labels and SVHN: it shows where a family's frontier lies. It is the diagnostic
+that showed the gate family far from issue 5's targets and the log-evidence family nearer them,
+after which DEUP's form changed from the gate to the evidence: that choice saw test data (the
+README says so). The weight itself was chosen on ``select_deup.py``'s proxy; do not pick settings
+from this script's figures.
 """
 
 from __future__ import annotations

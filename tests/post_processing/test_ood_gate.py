@@ -167,15 +167,19 @@ def image_loader(n: int, seed: int) -> DataLoader:
 LAYER = {"max_epochs": 3, "progress": False, "held_out_classes": 2}
 
 
-@pytest.mark.parametrize(("ood_prior", "layer_weight"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.5), (0.1, 0.7)])
+@pytest.mark.parametrize(
+    ("ood_prior", "layer_gate", "layer_weight"),
+    [(0.0, True, 0.0), (0.1, True, 0.0), (0.0, True, 0.5), (0.1, True, 0.7), (0.0, False, 0.5)],
+)
 def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_evidence(
-    ood_prior, layer_weight
+    ood_prior, layer_gate, layer_weight
 ):
     model = conv_net()
-    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=True, layer_weight=layer_weight, **LAYER)
+    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=layer_gate, layer_weight=layer_weight, **LAYER)
     deup.fit(image_loader(90, 0), image_loader(150, 1))
     assert isinstance(deup.layer_, LayerStatistics)
     assert (deup.gate_ is not None) == (ood_prior > 0)
+    assert (deup.layer_gate_ is not None) == layer_gate
     assert (deup.layer_evidence_ is not None) == (layer_weight > 0)
     x = torch.randn(40, 1, 5, 5) * torch.linspace(0.5, 4, 40)[:, None, None, None]
     outputs = deup.model_outputs(x)
@@ -184,21 +188,37 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
     distance = deup.layer_(outputs)[:, 0].double()
     cal = deup.layer_(deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)])))[:, 0].double()
     sd = cal.std()
-    # the edge is the 99% quantile of the calibration rows' distance
-    edge = torch.quantile(cal, 0.99)
-    assert deup.layer_gate_.edge_.item() == pytest.approx(edge.item(), rel=1e-5)
-    keep = torch.exp(-torch.relu(distance - edge) / sd)
-    # the scaled inputs reach beyond the edge, the others do not
-    assert (keep < 1).any()
-    assert (keep == 1).any()
+    keep = torch.ones(len(x), dtype=torch.float64)
+    if layer_gate:
+        # the edge is the 99% quantile of the calibration rows' distance
+        edge = torch.quantile(cal, 0.99)
+        assert deup.layer_gate_.edge_.item() == pytest.approx(edge.item(), rel=1e-5)
+        keep = torch.exp(-torch.relu(distance - edge) / sd)
+        # the inputs exercise both sides of the edge
+        assert (keep < 1).any()
+        assert (keep == 1).any()
     if deup.gate_ is not None:
         keep = keep * (1 - deup.gate_.predict(deup.gate_score_(outputs)[:, 0]))
-    expected = deup.error_cost_ * (1 - keep) + keep * g
+    expected = deup.error_cost_ * (1 - keep) + keep * g if deup.gate_ or layer_gate else g.double()
     # t = -log((1 + #{cal >= d}) / (n + 1)), plus the standard deviations beyond the largest
     at_least = (cal[None, :] >= distance[:, None]).sum(1)
     t = -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(distance - cal.max()) / sd
-    expected = expected * torch.exp(layer_weight * (t - 1))
-    torch.testing.assert_close(deup(x), expected.float(), rtol=1e-4, atol=1e-6)
+    # capped where float32 ends
+    expected = (expected * torch.exp(layer_weight * (t - 1))).clamp(max=torch.finfo(torch.float32).max)
+    torch.testing.assert_close(deup(x), expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_ones():
+    model = conv_net()
+    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    x = torch.randn(20, 1, 5, 5)
+    typical, far = deup(x), deup(x * 1e4)  # unnormalised inputs: t in the millions
+    assert torch.isfinite(far).all()
+    assert far.min() > typical.max()
+    assert far.max() == torch.finfo(torch.float32).max  # capped, not inf
+    # the weight is the one fitted with: a later edit changes nothing until a refit
+    deup.layer_weight = 2.0
+    assert torch.equal(deup(x), typical)
 
 
 def test_no_layer_terms_when_switched_off_without_stages_or_without_training_data():

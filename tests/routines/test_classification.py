@@ -310,3 +310,31 @@ def test_equal_layer_settings_in_other_spellings_are_accepted():
     assert ClassificationRoutine(
         model, NUM_CLASSES, post_processing=DEUP(layers="0"), layers=["0"]
     ).layers == ["0"]
+
+
+def test_a_default_deup_scores_with_the_layer_evidence_of_the_routines_single_pass():
+    torch.manual_seed(0)
+    # the blobs as 1x1 images: one convolutional stage before the last, recorded by layers="auto"
+    model = nn.Sequential(
+        nn.Unflatten(1, (2, 1, 1)),
+        nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    ).eval()
+    datamodule = BlobDataModule()
+    routine = ClassificationRoutine(
+        model,
+        NUM_CLASSES,
+        eval_ood=True,
+        post_processing=DEUP(max_epochs=3, progress=False),
+        ood_criterion="deup",
+    )
+    values = run_test(routine, datamodule)
+    assert routine.post_processing.layer_evidence_ is not None
+    # the same DEUP fitted and scored outside the routine
+    direct = DEUP(model=model, max_epochs=3, progress=False)
+    direct.fit(datamodule.postprocess_dataloader(), datamodule.train_eval_dataloader())
+    x = torch.cat([datamodule.sets["test"][0], datamodule.sets["far"][0]])
+    is_ood = np.r_[np.zeros(len(datamodule.sets["test"][0])), np.ones(len(datamodule.sets["far"][0]))]
+    assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, direct(x).numpy()), abs=1e-6)

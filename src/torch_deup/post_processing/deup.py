@@ -28,7 +28,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    ranks the rest poorly.
 
 6. With an OOD gate (:mod:`torch_deup.post_processing.ood_gate`, ``ood_prior > 0``; off by
-   default, since step 7 took its place on the proxy), the score is
+   default: on the proxy it cost misclassification AUROC without lowering SCOD_AUGRC, next to
+   step 7's range gate and next to its evidence alike), the score is
    ``cost * pi + (1 - pi) * g``, ``pi`` the probability that the input is out of distribution
    given its ViM score (its KNN distance where ViM does not apply, as for an ensemble), fitted
    on the calibration rows against the extra rows of step 3. ``g`` alone ranks inputs in the
@@ -40,7 +41,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
-   multiplies the score: ``score * exp(layer_weight * (t - 1))``. In log space that adds
+   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest
+   value (``t`` grows linearly beyond the calibration rows). In log space that adds
    ``layer_weight * t`` to ``log g``, as the evidence of independent signals adds: an input both
    unusual and uncertain ranks above one that is only one of them. The evidence enters smoothly:
    as it is about independent of the errors, a small weight changes the misclassification ranking
@@ -93,6 +95,7 @@ from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 TASKS = ("classification", "regression")
 TARGETS = ("error", "oof")
 _LOG_EPS = 1e-3  # errors below this are "no error": their log is not worth fitting
+_LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
 
 
 def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
@@ -292,7 +295,7 @@ class DEUP(PostProcessing):
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
-        layers: the layers whose feature-map statistics the layer gate reads, as for
+        layers: the layers whose feature-map statistics the layer evidence and gate read, as for
             :class:`~torch_deup.outputs.OutputCapture` (``"auto"``: a model's stages but the last).
             Give a :class:`~torch_deup.routines.ClassificationRoutine` the same.
 
@@ -555,6 +558,8 @@ class DEUP(PostProcessing):
         self.errors_ = errors
         self.gate_, self.gate_score_, self.gate_column_ = gate, gate_score, gate_column
         self.layer_, self.layer_gate_, self.layer_evidence_ = layer, layer_gate, layer_evidence
+        # scoring reads the weight fitted with, as for every other setting, not a later edit
+        self.layer_weight_ = self.layer_weight
         self.error_cost_ = cost
         directions = torch.cat(
             [torch.full((width,), f.ood_direction) for f, width in zip(features, widths, strict=True)]
@@ -675,9 +680,12 @@ class DEUP(PostProcessing):
         if self.gate_ is not None or self.layer_gate_ is not None:
             scores = self.error_cost_ * (1 - in_distribution) + in_distribution * scores
         if self.layer_evidence_ is not None:
-            # mean-1 evidence: an input typical of the calibration rows keeps about its g
+            # mean-1 evidence: an input typical of the calibration rows keeps about its g. In log
+            # space, capped where float32 ends: t grows linearly beyond the calibration rows, and an
+            # input far off (unnormalised pixels) would otherwise score inf
             evidence = self.layer_evidence_.evidence(distances) - 1
-            scores = scores * torch.exp(self.layer_weight * evidence).float()
+            log_scores = torch.log(scores.double()) + self.layer_weight_ * evidence
+            scores = torch.exp(log_scores.clamp(max=_LOG_FLOAT32_MAX)).float()
         return scores.to(device)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -761,6 +769,7 @@ class DEUP(PostProcessing):
             if layer.get("evidence") is not None:  # saved before the layer evidence: none
                 deup.layer_evidence_ = TailEvidence()
                 deup.layer_evidence_.load_state_dict(layer["evidence"])
+        deup.layer_weight_ = deup.layer_weight
         return deup
 
 
@@ -802,7 +811,7 @@ def _fit_layer_distance(
     if train[0].layer_stats is None:
         raise ValueError(
             "The calibration outputs carry layer statistics but the training outputs do not. Collect "
-            "both with the same `layers`, or set `layer_gate=False`."
+            "both with the same `layers`, or set `layer_weight=0` and `layer_gate=False`."
         )
     layer = LayerStatistics().fit(*train)
     return layer, layer(cal_outputs)[:, 0]

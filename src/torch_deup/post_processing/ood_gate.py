@@ -51,7 +51,8 @@ pays on the proxy: it costs misclassification AUROC and does not lower SCOD_AUGR
 option (``DEUP(ood_prior=...)``) for models without feature-map stages.
 
 The smooth alternative, :class:`TailEvidence` of the same distance multiplying DEUP's score by
-``exp(w * (t - 1))`` (``DEUP(layer_weight=w)``), was then compared on the same proxy (3 draws):
+``exp(w * (t - 1))`` (``DEUP(layer_weight=w)``), was then compared on the same proxy (3 draws,
+``ood_prior=0``):
 
 ================  ============  ===========  ===============  ==============  =================
 ``layer_weight``  layer gate    mis. AUROC   SCOD_AUGRC near  SCOD_AUGRC far  synthetic AUROC
@@ -70,7 +71,8 @@ The smooth alternative, :class:`TailEvidence` of the same distance multiplying D
 
 The default, ``layer_weight=0.5`` without the gate, has the lowest SCOD_AUGRC sum (18.849; 0.375:
 18.850, the gate alone: 18.872). The sum is flat from 0.375 to 0.625: the choice within that
-range is within the noise of three draws.
+range is within the noise of three draws. The ViM gate on top of the default
+(``ood_prior=0.05``) cost misclassification AUROC again (87.74) and raised the sum (18.967).
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def virtual_outlier_rows(
     if any(f.needs_layer_stats for f in features):
         raise ValueError(
             "Virtual outliers are drawn in the embedding space and have no layer statistics, which a "
-            "feature of `g` reads. DEUP's layer gate reads them instead: remove that feature from "
-            "`features`, or set `virtual_outliers=0`."
+            "feature of `g` reads. DEUP's layer evidence (`layer_weight`) reads them instead: remove "
+            "that feature from `features`, or set `virtual_outliers=0`."
         )
     x = feature_matrix(features, virtual_outliers(train, num, seed))
     return x, torch.full((num,), float(error_cost))

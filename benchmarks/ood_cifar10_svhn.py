@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
 CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
-# bumped when what the cache holds changes (6: shifted one-pass statistics, forward times with and without hooks)
+# bumped when what the cache holds changes (6: one-pass statistics, times with and without hooks)
 CACHE_VERSION = 6
 BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats"]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,7 +89,6 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
         start = time.perf_counter()
         sets[name] = collect_outputs(model, loader, desc=f"forward {name}")
         times[name] = time.perf_counter() - start
-    times |= hook_cost(model, loaders["test"])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -105,28 +105,33 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     return sets, times
 
 
-def hook_cost(model: torch.nn.Module, loader, rounds: int = 2) -> dict[str, float]:
-    """Seconds per 1,000 images of the model alone and of the same forward with the hooks that
-    record the embedding and the layer statistics (the baseline of DEUP's scoring cost, and a part
-    of it): on batches already in memory, alternated, the fastest of ``rounds`` each."""
-    batches = [(x, torch.zeros(len(x))) for x, _ in loader]
-    n = sum(len(x) for x, _ in batches)
+def forward_costs(model: torch.nn.Module, deup: DEUP, loader, rounds: int = 3, n: int = 5000) -> dict:
+    """Seconds per 1,000 images of the model's plain forward, of the forward with the hooks that
+    record DEUP's inputs, and of that forward followed by DEUP's score: on ``n`` test images
+    already in memory, the three alternated ``rounds`` times, medians (all under the same load)."""
+    batches, kept = [], 0
+    for x, y in loader:
+        batches.append((x[: n - kept], y[: n - kept]))
+        kept += len(batches[-1][0])
+        if kept >= n:
+            break
 
     def plain() -> None:
         with torch.inference_mode():
             for x, _ in batches:
                 model(x)
 
-    best = {"plain per 1k": float("inf"), "hooked per 1k": float("inf")}
+    def hooked() -> ModelOutputs:
+        return collect_outputs(model, batches, progress=False)[0]
+
+    runs = {"plain": plain, "hooked": hooked, "scored": lambda: deup.score_outputs(hooked())}
+    times = {name: [] for name in runs}
     for _ in range(rounds):
-        for key, run in (
-            ("plain per 1k", plain),
-            ("hooked per 1k", lambda: collect_outputs(model, batches, progress=False)),
-        ):
+        for name, run in runs.items():
             start = time.perf_counter()
             run()
-            best[key] = min(best[key], (time.perf_counter() - start) / n * 1000)
-    return best
+            times[name].append((time.perf_counter() - start) / kept * 1000)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def evaluate(
@@ -159,8 +164,9 @@ def timed(fit, score, sets) -> tuple[dict, float, float]:
     return evaluate(scores_id, scores_ood, sets["test"]), fit_time, per_1000
 
 
-def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> dict:
-    """DEUP fitted on validation (training split as reference) once per seed: mean and spread."""
+def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> tuple[dict, DEUP]:
+    """DEUP fitted on validation (training split as reference) once per seed: mean and spread,
+    and the last seed's fitted DEUP."""
     seeds = []
     for seed in args.seeds:
         deup = configure(DEUP(seed=seed, progress=False, **json.loads(args.deup)))
@@ -169,19 +175,20 @@ def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> dict
         )
         seeds.append({**metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000})
     stacked = {k: torch.tensor([s[k] for s in seeds]) for k in seeds[0]}
-    return {
+    row = {
         "criterion": name,
         **{k: v.mean().item() for k, v in stacked.items()},
         "spread": {k: v.std().item() for k, v in stacked.items()},
     }
+    return row, deup
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     sets, times = collect_all(args)
     n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
     print(
-        f"base model forward: train+val {times['train'] + times['val']:.1f} s ({n_forward} images), "
-        f"{(times['test'] + times['svhn']) / 20:.3f} s per 1,000 test images"
+        f"outputs collected (when the cache was written): train+val in {times['train'] + times['val']:.1f} s "
+        f"({n_forward} images), {(times['test'] + times['svhn']) / 20:.3f} s per 1,000 test images"
     )
     test_acc = (sets["test"][0].logits.argmax(1) == sets["test"][1]).float().mean().item()
     print(f"test accuracy {100 * test_acc:.2f}%")
@@ -212,25 +219,23 @@ def run(args: argparse.Namespace) -> list[dict]:
             deup.features = [f for f in features if not isinstance(f, EnsembleDisagreement)]
             return deup
 
-        rows.append(deup_row(args, sets, "DEUP (no disagreement)", without_disagreement))
-    rows.append(deup_row(args, sets, f"DEUP (ours, {len(args.seeds)} seeds)", lambda deup: deup))
-    plain_per_1000 = times["plain per 1k"]
-    # below the timing noise the difference can come out negative; the hooks never save time
-    hooks_per_1000 = max(0.0, times["hooked per 1k"] - plain_per_1000)
-    overhead = 100 * (rows[-1]["score ms/1k"] / 1000 + hooks_per_1000) / plain_per_1000
+        rows.append(deup_row(args, sets, "DEUP (no disagreement)", without_disagreement)[0])
+    row, deup = deup_row(args, sets, f"DEUP (ours, {len(args.seeds)} seeds)", lambda deup: deup)
+    rows.append(row)
+    model = load_model(args.checkpoint)
+    loader = CIFAR10DataModule(
+        root=args.data, batch_size=500, eval_ood=True, val_split=0.1
+    ).test_dataloader()[0]
+    cost = forward_costs(model, deup, loader)
     print(
-        f"DEUP scoring adds {overhead:.1f}% to the base model's forward pass ({1000 * plain_per_1000:.0f} ms "
-        f"per 1,000 images; {1000 * times['hooked per 1k']:.0f} ms with the hooks recording the embedding "
-        f"and layer statistics): {1000 * hooks_per_1000:.0f} ms for the hooks, "
-        f"{rows[-1]['score ms/1k']:.0f} ms for the score"
+        f"DEUP scoring adds {100 * (cost['scored'] / cost['plain'] - 1):.1f}% to the base model's forward "
+        f"pass: {1000 * cost['plain']:.0f} ms per 1,000 images plain, {1000 * cost['hooked']:.0f} ms with "
+        f"the hooks recording its inputs, {1000 * cost['scored']:.0f} ms with its score too (medians of 3 "
+        "alternated passes)"
     )
     # the pass DEUP needs runs with the hooks; the target's unit is the model's plain forward
-    hooked_train_val = times["train"] + times["val"]
-    plain_train_val = hooked_train_val * times["plain per 1k"] / times["hooked per 1k"]
-    print(
-        f"DEUP fit incl. training pass: {(hooked_train_val + rows[-1]['fit s']) / plain_train_val:.2f}x "
-        "one plain forward pass over train+val"
-    )
+    fit_ratio = cost["hooked"] / cost["plain"] + row["fit s"] / (cost["plain"] * n_forward / 1000)
+    print(f"DEUP fit incl. training pass: {fit_ratio:.2f}x one plain forward pass over train+val")
     return rows
 
 

@@ -6,7 +6,13 @@ from torch import nn
 from helpers.models import conv_net
 from torch_deup.models import DeepEnsemble
 from torch_deup.models.classification.resnet import resnet
-from torch_deup.outputs import ModelOutputs, OutputCapture, channel_statistics, concat_outputs
+from torch_deup.outputs import (
+    ModelOutputs,
+    OutputCapture,
+    channel_statistics,
+    collect_outputs,
+    concat_outputs,
+)
 
 
 def numpy_statistics(feature_map: torch.Tensor) -> np.ndarray:
@@ -110,3 +116,14 @@ def test_indexing_moving_and_concatenating_keep_the_layer_statistics():
     assert concat_outputs([ModelOutputs(torch.zeros(2, 3))]).layer_stats is None
     with pytest.raises(ValueError, match="Some batches of outputs carry `layer_stats`"):
         concat_outputs([out[:2], ModelOutputs(torch.zeros(2, 3), torch.zeros(2, 4))])
+
+
+def test_collect_outputs_runs_the_model_without_recording_a_graph():
+    model = conv_net()
+    grad_enabled = []
+    model.register_forward_hook(lambda module, args, out: grad_enabled.append(torch.is_grad_enabled()))
+    batches = [(torch.randn(4, 1, 5, 5), torch.zeros(4)) for _ in range(2)]
+    outputs, _ = collect_outputs(model, batches, progress=False)
+    assert grad_enabled == [False, False]
+    assert outputs.logits.shape == (8, 3)
+    assert not outputs.logits.requires_grad

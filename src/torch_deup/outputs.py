@@ -285,9 +285,10 @@ def collect_outputs(
     desc: str = "Collecting outputs",
     layers: str | Sequence[str] | None = "auto",
 ) -> tuple[ModelOutputs, Tensor]:
-    """Run ``model`` once over ``loader``; return all outputs (on CPU) and targets. ``layers``: as
-    for :class:`OutputCapture` (its default records 96 floats per sample for a CIFAR ResNet-20,
-    thousands for an ImageNet ResNet; pass ``None`` where nothing reads them).
+    """Run ``model`` once over ``loader``, in inference mode; return all outputs (on CPU) and
+    targets. ``layers``: as for :class:`OutputCapture` (its default records 96 floats per sample
+    for a CIFAR ResNet-20, thousands for an ImageNet ResNet; pass ``None`` where nothing reads
+    them).
 
     Raises:
         ValueError: if the loader yields no batch.
@@ -299,7 +300,9 @@ def collect_outputs(
     outputs, targets = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y = split_batch(batch)
-        outputs.append(capture(x.to(device)).detach()._map(lambda t: t.float().cpu()))
+        # no autograd graph: recording one cost the ResNet-20 about 6% of its forward
+        with torch.inference_mode():
+            outputs.append(capture(x.to(device))._map(lambda t: t.float().cpu()))
         targets.append(y.cpu())
     if not outputs:
         raise ValueError("The loader yielded no batch: it is empty. Pass a loader with at least one sample.")

@@ -108,8 +108,9 @@ def forward_costs(model: torch.nn.Module, deup: DEUP, loader, rounds: int = 3, n
     """The model's plain forward, the forward with the hooks that record DEUP's inputs
     (:class:`~torch_deup.outputs.OutputCapture`, as the routine runs it), and that forward followed
     by DEUP's score, on ``n`` test images already in memory: the three run back to back on each
-    batch, ``rounds`` times. Returns the median over batches of each one's seconds per 1,000 images
-    and of the two ratios to the plain forward (medians, because this machine's speed jumps)."""
+    batch, in a rotating order, ``rounds`` times. Returns the median over batches of each one's
+    seconds per 1,000 images and of the two ratios to the plain forward (medians, because this
+    machine's speed jumps)."""
     batches, kept = [], 0
     for x, _ in loader:
         batches.append(x[: n - kept])
@@ -123,12 +124,15 @@ def forward_costs(model: torch.nn.Module, deup: DEUP, loader, rounds: int = 3, n
         "scored": lambda x: deup.score_outputs(capture(x)),
     }
     per_1000 = {name: [] for name in runs}
+    names = list(runs)
     with torch.inference_mode():
-        for _ in range(rounds):
+        for r in range(rounds):
+            # each round starts with another of the three: whichever runs first pays for the others'
+            # allocations, which biased a fixed order by several percent
             for x in batches:
-                for name, run in runs.items():
+                for name in names[r % 3 :] + names[: r % 3]:
                     start = time.perf_counter()
-                    run(x)
+                    runs[name](x)
                     per_1000[name].append((time.perf_counter() - start) / len(x) * 1000)
     plain = torch.tensor(per_1000["plain"])
     medians = {name: torch.tensor(t).median().item() for name, t in per_1000.items()}
@@ -236,7 +240,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         f"DEUP scoring adds {100 * (cost['scored ratio'] - 1):.1f}% to the base model's forward pass "
         f"({100 * (cost['hooked ratio'] - 1):.1f}% for the hooks recording its inputs): "
         f"{1000 * cost['plain']:.0f} ms per 1,000 images plain, {1000 * cost['scored']:.0f} ms with both "
-        "(each batch through the three in turn, medians over batches)"
+        "(each batch through the three in rotating order, medians over batches)"
     )
     # the pass DEUP needs runs with the hooks; the target's unit is the model's plain forward
     fit_ratio = cost["hooked ratio"] + row["fit s"] / (cost["plain"] * n_forward / 1000)

@@ -1,13 +1,16 @@
 """Test-time overhead of DEUP in the evaluation routine: ``trainer.test`` with an already-fitted
-DEUP (criterion "deup") over ``trainer.test`` with MSP and no post-processing. Target: <= 1.10.
+DEUP (criterion "deup") over ``trainer.test`` with MSP, no post-processing and no layer-statistics
+hooks (``layers=None``). Target: <= 1.10.
 
     python benchmarks/test_overhead.py [--threads 1] [--accelerator cpu|gpu] [--runs 3]
 
 Synthetic data, in one run: a small conv net (random weights: timing does not depend on them),
 4,000 ID + 2,000 OOD test images of 3x32x32, batch 256; DEUP is fitted once beforehand on a
 1,000-image calibration split and a 4,000-image training split, and that one-time cost is
-printed apart. Both ``test`` calls run the model once per batch; the ratio is the cost of DEUP's
-features and error predictor on top. Medians of ``--runs`` runs each, interleaved.
+printed apart. Both ``test`` calls run the model once per batch; the ratio is the cost of the
+hooks recording DEUP's inputs and of its features and error predictor on top. The conv net has
+three stages, so ``layers="auto"`` records the first two. Medians of ``--runs`` runs each,
+interleaved.
 """
 
 from __future__ import annotations

@@ -23,6 +23,12 @@ def numpy_statistics(feature_map: torch.Tensor) -> np.ndarray:
 def test_channel_statistics_are_each_channels_mean_then_population_std():
     x = torch.randn(5, 3, 4, 7)
     np.testing.assert_allclose(channel_statistics(x).numpy(), numpy_statistics(x), rtol=1e-5, atol=1e-6)
+    # a batch computed in several blocks (64 samples of 64 x 128 at a time)
+    large = torch.randn(150, 64, 8, 16, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(
+        channel_statistics(large).numpy(), numpy_statistics(large), rtol=1e-4, atol=1e-5
+    )
+    assert channel_statistics(large[:0]).shape == (0, 128)
     # one spatial position: a standard deviation of 0, not NaN
     assert torch.equal(channel_statistics(x[:, :, :1, :1])[:, 3:], torch.zeros(5, 3))
     # a mean that dwarfs the spread (where E[x^2] - E[x]^2 cancels) and a constant channel

@@ -208,7 +208,7 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
     torch.testing.assert_close(deup(x), expected.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_ones():
+def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_ones(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     x = torch.randn(20, 1, 5, 5)
@@ -216,9 +216,11 @@ def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_one
     assert torch.isfinite(far).all()
     assert far.min() > typical.max()
     assert far.max() == torch.finfo(torch.float32).max  # capped, not inf
-    # the weight is the one fitted with: a later edit changes nothing until a refit
+    # the weight is the one fitted with: a later edit changes nothing until a refit, saved or not
     deup.layer_weight = 2.0
     assert torch.equal(deup(x), typical)
+    deup.save(tmp_path / "deup.pt")
+    assert torch.equal(DEUP.load(tmp_path / "deup.pt", model=model)(x), typical)
 
 
 def test_no_layer_terms_when_switched_off_without_stages_or_without_training_data():

@@ -42,7 +42,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
    multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest
-   value (``t`` grows linearly beyond the calibration rows). In log space that adds
+   value (``t`` grows linearly beyond the calibration rows; inputs that far, such as unnormalised
+   pixels, tie there). In log space that adds
    ``layer_weight * t`` to ``log g``, as the evidence of independent signals adds: an input both
    unusual and uncertain ranks above one that is only one of them. The evidence enters smoothly:
    as it is about independent of the errors, a small weight changes the misclassification ranking
@@ -730,6 +731,7 @@ class DEUP(PostProcessing):
                 "layer": _entry(self.layer_),
                 "state": None if self.layer_gate_ is None else self.layer_gate_.state_dict(),
                 "evidence": None if self.layer_evidence_ is None else self.layer_evidence_.state_dict(),
+                "weight": self.layer_weight_,
             },
             "error_cost": self.error_cost_,
         }
@@ -771,7 +773,8 @@ class DEUP(PostProcessing):
             if layer.get("evidence") is not None:  # saved before the layer evidence: none
                 deup.layer_evidence_ = TailEvidence()
                 deup.layer_evidence_.load_state_dict(layer["evidence"])
-        deup.layer_weight_ = deup.layer_weight
+        # the weight fitted with; files saved before it was kept apart hold only the parameter
+        deup.layer_weight_ = (layer or {}).get("weight", deup.layer_weight)
         return deup
 
 

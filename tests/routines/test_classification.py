@@ -302,6 +302,19 @@ def test_vim_and_a_default_deup_fit_on_bf16_outputs():
     assert values["ood/DEUP/AUROC"] > 0.9
 
 
+def test_true_half_precision_fits_on_half_inputs():
+    # bf16-true converts the model's weights: the routine's own passes must convert inputs as
+    # test_step does, or the first layer meets float32 inputs
+    deup = DEUP(max_epochs=3, progress=False)
+    routine = ClassificationRoutine(
+        trained_mlp(), NUM_CLASSES, eval_ood=True, post_processing=deup, ood_criterion=["vim", "deup"]
+    )
+    values = run_test(routine, BlobDataModule(), precision="bf16-true")
+    assert next(routine.model.parameters()).dtype == torch.bfloat16
+    assert values["ood/ViM/AUROC"] > 0.9
+    assert values["ood/DEUP/AUROC"] > 0.9
+
+
 def test_equal_layer_settings_in_other_spellings_are_accepted():
     model = trained_mlp()
     assert ClassificationRoutine(

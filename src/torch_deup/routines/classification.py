@@ -8,7 +8,7 @@ embedding are captured together, and every OOD criterion scores those same outpu
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -257,8 +257,25 @@ class ClassificationRoutine(LightningModule):
         progress = self.trainer.progress_bar_callback is not None
         # the precision of test_step (a mixed precision's autocast): the outputs the post-processing
         # and the criteria are fitted on must be computed as the test batches they will score
-        with self.trainer.precision_plugin.test_step_context():
-            return collect_outputs(self.model, loader, self.device, progress, desc, self.layers)
+        plugin = self.trainer.precision_plugin
+        # and the inputs test_step would get: a true half precision's model takes half inputs
+        with plugin.test_step_context():
+            return collect_outputs(
+                self.model, _Converted(loader, plugin.convert_input), self.device, progress, desc, self.layers
+            )
+
+
+class _Converted:
+    """``loader``'s batches passed through ``convert``, with the loader's length for progress bars."""
+
+    def __init__(self, loader: Iterable, convert: Callable[[Any], Any]) -> None:
+        self.loader, self.convert = loader, convert
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.convert, self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:

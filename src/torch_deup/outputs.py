@@ -285,6 +285,21 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+def model_input(model: nn.Module, x: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """``x`` on ``device`` (default: the model's) and, if floating point, in the dtype of the
+    model's floating parameters: a model converted to half precision takes half inputs.
+
+    Example:
+        >>> model_input(nn.Linear(2, 1).to(torch.bfloat16), torch.zeros(1, 2)).dtype
+        torch.bfloat16
+    """
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if device is None:
+        device = x.device if param is None else param.device
+    dtype = param.dtype if param is not None and x.is_floating_point() else x.dtype
+    return x.to(device=device, dtype=dtype)
+
+
 def collect_outputs(
     model: nn.Module,
     loader: Iterable,
@@ -302,13 +317,11 @@ def collect_outputs(
         ValueError: if the loader yields no batch.
         TypeError: if a batch is not an ``(inputs, targets)`` pair.
     """
-    if device is None:
-        device = next(iter(model.parameters()), torch.empty(0)).device
     capture = OutputCapture(model, layers)
     outputs, targets = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y = split_batch(batch)
-        outputs.append(capture(x.to(device)).detach()._map(lambda t: t.float().cpu()))
+        outputs.append(capture(model_input(model, x, device)).detach()._map(lambda t: t.float().cpu()))
         targets.append(y.cpu())
     if not outputs:
         raise ValueError("The loader yielded no batch: it is empty. Pass a loader with at least one sample.")

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from helpers.models import conv_net
 from helpers.reference_deup import fit_reference_deup
 from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError
 from torch_deup.models import DeepEnsemble
@@ -356,3 +357,17 @@ def test_error_predictor_is_flat_inside_the_calibration_range_and_grows_beyond_i
         for out in (distance_out, density_out):
             scores = g(out)
             assert base[0] < scores[0] < scores[1]
+
+
+def test_a_half_precision_model_gets_its_inputs_in_half_precision():
+    model = conv_net().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(240, 1, 5, 5, generator=g)  # float32, as a data loader serves them
+    cal = DataLoader(TensorDataset(images[:90], torch.arange(90) % 3), batch_size=32)
+    train = DataLoader(TensorDataset(images[90:], torch.arange(150) % 3), batch_size=32)
+    deup = DEUP(model=model, max_epochs=3, progress=False, held_out_classes=2).fit(cal, train)
+    scores = deup(images[:7])
+    assert scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    # the same as scoring the outputs of half inputs
+    torch.testing.assert_close(scores, deup.score_outputs(OutputCapture(model)(images[:7].bfloat16())))

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from torch_deup.outputs import ModelOutputs, OutputCapture
+from torch_deup.outputs import ModelOutputs, OutputCapture, model_input
 
 
 class PostProcessing(ABC):
@@ -63,9 +63,8 @@ class PostProcessing(ABC):
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""
         model = self._require_model()
-        device = next(iter(model.parameters()), torch.empty(0)).device
         with torch.no_grad():
-            return OutputCapture(model, self.layers)(x.to(device))
+            return OutputCapture(model, self.layers)(model_input(model, x))
 
     def __call__(self, x: Tensor) -> Tensor:
         """Uncertainty scores for raw inputs: one forward pass of the base model, then the scorer."""

@@ -284,7 +284,6 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-@torch.no_grad()
 def model_input(model: nn.Module, x: Tensor, device: torch.device | str | None = None) -> Tensor:
     """``x`` on ``device`` (default: the model's) and, if floating point, in the dtype of the
     model's floating parameters: a model converted to half precision takes half inputs.
@@ -300,6 +299,7 @@ def model_input(model: nn.Module, x: Tensor, device: torch.device | str | None =
     return x.to(device=device, dtype=dtype)
 
 
+@torch.no_grad()
 def collect_outputs(
     model: nn.Module,
     loader: Iterable,

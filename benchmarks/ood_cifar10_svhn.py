@@ -133,11 +133,10 @@ def forward_costs(model: torch.nn.Module, deup: DEUP, loader, rounds: int = 3, n
                     start = time.perf_counter()
                     runs[name](x)
                     per_1000[name].append((time.perf_counter() - start) / len(x) * 1000)
-    plain = torch.tensor(per_1000["plain"])
-    medians = {name: torch.tensor(t).median().item() for name, t in per_1000.items()}
+    times = {name: torch.tensor(t) for name, t in per_1000.items()}
+    medians = {name: t.median().item() for name, t in times.items()}
     ratios = {
-        f"{name} ratio": (torch.tensor(per_1000[name]) / plain).median().item()
-        for name in ("hooked", "scored")
+        f"{name} ratio": (times[name] / times["plain"]).median().item() for name in ("hooked", "scored")
     }
     return medians | ratios
 

@@ -98,6 +98,18 @@ class _Gate:
         for key in self._STATE:
             setattr(self, key, state[key])
 
+    @staticmethod
+    def _calibration(calibration: Tensor, what: str) -> tuple[Tensor, Tensor]:
+        """The calibration scores in float64 and their standard deviation (at least 1e-12), after
+        checking there are at least 2, all finite."""
+        if len(calibration) < 2 or not torch.isfinite(calibration).all():
+            raise ValueError(
+                f"{what} needs at least 2 finite calibration scores, but got {len(calibration)} scores, or "
+                "scores with NaN or inf values."
+            )
+        calibration = calibration.double()
+        return calibration, calibration.std().clamp_min(1e-12)
+
 
 class TailEvidence(_Gate):
     """``t(s) = -log p``: how far into the tail of the calibration scores a score ``s`` lies.
@@ -115,13 +127,8 @@ class TailEvidence(_Gate):
 
     def fit(self, calibration: Tensor) -> TailEvidence:
         """Fit on the scores of the calibration rows."""
-        if len(calibration) < 2 or not torch.isfinite(calibration).all():
-            raise ValueError(
-                f"Tail evidence needs at least 2 finite calibration scores, but got {len(calibration)} "
-                "scores, or scores with NaN or inf values."
-            )
-        self.calibration_ = calibration.double().sort().values
-        self.scale_ = self.calibration_.std().clamp_min(1e-12)
+        calibration, self.scale_ = self._calibration(calibration, "Tail evidence")
+        self.calibration_ = calibration.sort().values
         return self
 
     def evidence(self, scores: Tensor) -> Tensor:
@@ -221,13 +228,8 @@ class RangeGate(_Gate):
 
     def fit(self, calibration: Tensor) -> RangeGate:
         """Fit on the scores of the calibration rows."""
-        if len(calibration) < 2 or not torch.isfinite(calibration).all():
-            raise ValueError(
-                f"The range gate needs at least 2 finite calibration scores, but got {len(calibration)} "
-                "scores, or scores with NaN or inf values."
-            )
-        self.edge_ = torch.quantile(calibration.double(), 1.0 - self.tail)
-        self.scale_ = calibration.double().std().clamp_min(1e-12)
+        calibration, self.scale_ = self._calibration(calibration, "The range gate")
+        self.edge_ = torch.quantile(calibration, 1.0 - self.tail)
         return self
 
     def predict(self, scores: Tensor) -> Tensor:

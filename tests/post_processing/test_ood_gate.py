@@ -8,8 +8,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers.models import conv_net
 from torch_deup.features import ViMScore
 from torch_deup.features.base import feature_matrix
+from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance
 from torch_deup.features.layers import LayerStatistics
+from torch_deup.features.outputs import OutputStatistics
 from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
@@ -73,7 +75,8 @@ def loader(n: int, seed: int) -> DataLoader:
     return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3), batch_size=32)
 
 
-FAST = {"max_epochs": 5, "progress": False, "held_out_classes": 2, "ood_prior": 0.1}
+# the gate alone: no evidence multiplies it
+FAST = {"max_epochs": 5, "progress": False, "held_out_classes": 2, "ood_prior": 0.1, "knn_weight": 0}
 
 
 def test_deup_mixes_the_gate_into_g_as_cost_times_pi_plus_the_rest_times_g():
@@ -167,26 +170,44 @@ def image_loader(n: int, seed: int) -> DataLoader:
 LAYER = {"max_epochs": 3, "progress": False, "held_out_classes": 2}
 
 
+def conformal_evidence(cal: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """t = -log((1 + #{cal >= v}) / (n + 1)), plus the standard deviations beyond the largest."""
+    cal, values = cal.double(), values.double()
+    at_least = (cal[None, :] >= values[:, None]).sum(1)
+    return -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(values - cal.max()) / cal.std()
+
+
 @pytest.mark.parametrize(
-    ("ood_prior", "layer_gate", "layer_weight"),
-    [(0.0, True, 0.0), (0.1, True, 0.0), (0.0, True, 0.5), (0.1, True, 0.7), (0.0, False, 0.5)],
+    ("ood_prior", "layer_gate", "layer_weight", "knn_weight"),
+    [
+        (0.0, True, 0.0, 0.0),
+        (0.1, True, 0.0, 0.0),
+        (0.0, True, 0.5, 0.0),
+        (0.1, True, 0.7, 0.0),
+        (0.0, False, 0.5, 0.0),
+        (0.0, False, 0.625, 0.25),
+        (0.1, True, 0.0, 0.4),
+    ],
 )
-def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_evidence(
-    ood_prior, layer_gate, layer_weight
+def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_and_knn_evidence(
+    ood_prior, layer_gate, layer_weight, knn_weight
 ):
     model = conv_net()
-    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=layer_gate, layer_weight=layer_weight, **LAYER)
+    weights = {"layer_weight": layer_weight, "knn_weight": knn_weight}
+    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=layer_gate, **weights, **LAYER)
     deup.fit(image_loader(90, 0), image_loader(150, 1))
     assert isinstance(deup.layer_, LayerStatistics)
     assert (deup.gate_ is not None) == (ood_prior > 0)
     assert (deup.layer_gate_ is not None) == layer_gate
     assert (deup.layer_evidence_ is not None) == (layer_weight > 0)
+    assert (deup.knn_evidence_ is not None) == (knn_weight > 0)
     x = torch.randn(40, 1, 5, 5) * torch.linspace(0.5, 4, 40)[:, None, None, None]
     outputs = deup.model_outputs(x)
     with torch.no_grad():
         g = deup.g_(deup.scaler_(feature_matrix(deup.features_, outputs)))
     distance = deup.layer_(outputs)[:, 0].double()
-    cal = deup.layer_(deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)])))[:, 0].double()
+    cal_outputs = deup.model_outputs(torch.cat([b[0] for b in image_loader(90, 0)]))
+    cal = deup.layer_(cal_outputs)[:, 0].double()
     sd = cal.std()
     keep = torch.ones(len(x), dtype=torch.float64)
     if layer_gate:
@@ -200,11 +221,12 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
     if deup.gate_ is not None:
         keep = keep * (1 - deup.gate_.predict(deup.gate_score_(outputs)[:, 0]))
     expected = deup.error_cost_ * (1 - keep) + keep * g if deup.gate_ or layer_gate else g.double()
-    # t = -log((1 + #{cal >= d}) / (n + 1)), plus the standard deviations beyond the largest
-    at_least = (cal[None, :] >= distance[:, None]).sum(1)
-    t = -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(distance - cal.max()) / sd
+    log_evidence = layer_weight * (conformal_evidence(cal, distance) - 1)
+    # the KNN evidence reads g's own KNN column, among the calibration rows'
+    knn = next(f for f in deup.features_ if type(f) is KNNDistance)
+    log_evidence += knn_weight * (conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0]) - 1)
     # capped where float32 ends
-    expected = (expected * torch.exp(layer_weight * (t - 1))).clamp(max=torch.finfo(torch.float32).max)
+    expected = (expected * torch.exp(log_evidence)).clamp(max=torch.finfo(torch.float32).max)
     torch.testing.assert_close(deup(x), expected.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -216,8 +238,8 @@ def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_one
     assert torch.isfinite(far).all()
     assert far.min() > typical.max()
     assert far.max() == torch.finfo(torch.float32).max  # capped, not inf
-    # the weight is the one fitted with: a later edit changes nothing until a refit, saved or not
-    deup.layer_weight = 2.0
+    # the weights are the ones fitted with: a later edit changes nothing until a refit, saved or not
+    deup.layer_weight, deup.knn_weight = 2.0, 3.0
     assert torch.equal(deup(x), typical)
     deup.save(tmp_path / "deup.pt")
     assert torch.equal(DEUP.load(tmp_path / "deup.pt", model=model)(x), typical)
@@ -258,8 +280,9 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
     for weight in (-0.5, float("nan"), float("inf"), True, "0.5"):
-        with pytest.raises(ValueError, match="layer_weight"):
-            DEUP(layer_weight=weight).fit_outputs(cal, torch.arange(30) % 3)
+        for name in ("layer_weight", "knn_weight"):
+            with pytest.raises(ValueError, match=name):
+                DEUP(**{name: weight}).fit_outputs(cal, torch.arange(30) % 3)
 
 
 def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
@@ -317,3 +340,41 @@ def test_a_deup_without_gates_survives_save_load_save(tmp_path):
     DEUP.load(tmp_path / "a.pt", model=model).save(tmp_path / "b.pt")
     x = torch.randn(10, 1, 5, 5)
     assert torch.equal(DEUP.load(tmp_path / "b.pt", model=model)(x), deup(x))
+
+
+def test_the_knn_evidence_needs_a_classifier_with_training_data_and_a_knn_feature():
+    def knn_terms(deup: DEUP) -> tuple:
+        return deup.knn_evidence_, deup.knn_column_
+
+    fast = {"max_epochs": 3, "progress": False}
+    default = DEUP(model=linear_model(), **fast).fit(loader(90, 0), train_loader=loader(150, 1))
+    knn = next(f for f in default.features_ if type(f) is KNNDistance)
+    outputs = default.model_outputs(torch.randn(10, 4))
+    column = feature_matrix(default.features_, outputs)[:, default.knn_column_]
+    torch.testing.assert_close(column, knn(outputs)[:, 0])
+    assert default.knn_evidence_.calibration_.shape == (90,)
+    assert knn_terms(DEUP(model=linear_model(), **fast).fit(loader(90, 0))) == (None, None)
+    off = DEUP(model=linear_model(), knn_weight=0, **fast).fit(loader(90, 0), train_loader=loader(150, 1))
+    assert knn_terms(off) == (None, None)
+    no_knn = DEUP(model=linear_model(), features=[OutputStatistics(), GaussianDensity()], **fast)
+    assert knn_terms(no_knn.fit(loader(90, 0), train_loader=loader(150, 1))) == (None, None)
+    regression = DEUP("regression", nn.Linear(4, 1), features=[KNNDistance(k=3)], **fast)
+    data = TensorDataset(torch.randn(60, 4), torch.randn(60))
+    fitted = regression.fit(DataLoader(data, batch_size=32), train_loader=DataLoader(data, batch_size=32))
+    assert knn_terms(fitted) == (None, None)
+
+
+def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, knn_weight=0, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    # what the version before the KNN evidence wrote
+    del state["params"]["knn_weight"]
+    del state["knn_evidence"]
+    torch.save(state, tmp_path / "old.pt")
+    old = DEUP.load(tmp_path / "old.pt", model=model)
+    assert (old.knn_weight, old.knn_evidence_) == (0.0, None)
+    x = torch.randn(30, 1, 5, 5) * 3
+    assert torch.equal(old(x), deup(x))
+    assert old.fit(image_loader(90, 0), image_loader(150, 1)).knn_evidence_ is None

@@ -48,12 +48,15 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    unusual and uncertain ranks above one that is only one of them. The evidence enters smoothly:
    as it is about independent of the errors, a small weight changes the misclassification ranking
    only to second order while OOD inputs gain to first order, where a hard gate lifts a few inputs
-   all the way. On the proxy of ``benchmarks/select_deup.py``
-   ``layer_weight=0.5`` had the lowest summed SCOD_AUGRC (table in
-   :mod:`~torch_deup.post_processing.ood_gate`). ``layer_gate=True`` adds a range gate
-   (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) on the same distance instead or as
-   well: it lifts inputs beyond all but a share ``layer_tail`` of the calibration rows. The gates
-   combine as independent evidence, ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
+   all the way. The KNN distance of ``g``'s own column (for a classifier with training outputs)
+   adds its evidence the same way, ``knn_weight * (t_knn - 1)``, at no cost: an input of a class
+   the model never saw has ordinary low-level statistics but lies far from the training
+   embeddings, and the layer evidence alone had cost those inputs. On the proxy of
+   ``benchmarks/select_deup.py``, ``layer_weight=0.625, knn_weight=0.25`` had the lowest summed
+   SCOD_AUGRC (tables in :mod:`~torch_deup.post_processing.ood_gate`). ``layer_gate=True`` adds a
+   range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) on the same distance
+   instead or as well: it lifts inputs beyond all but a share ``layer_tail`` of the calibration
+   rows. The gates combine as independent evidence, ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
@@ -293,6 +296,9 @@ class DEUP(PostProcessing):
         layer_weight: exponent ``w`` of the layer-statistics evidence (step 7): the score is
             multiplied by ``exp(w * (t - 1))``; ``0`` disables it. Needs the same outputs as
             ``layer_gate``.
+        knn_weight: exponent of the same evidence of ``g``'s KNN-distance column (step 7), for a
+            classifier with training outputs and a :class:`~torch_deup.features.distance.KNNDistance`
+            among the features; ``0`` disables it.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -329,7 +335,8 @@ class DEUP(PostProcessing):
         ood_prior: float = 0.0,
         layer_gate: bool = False,
         layer_tail: float = 0.01,
-        layer_weight: float = 0.5,
+        layer_weight: float = 0.625,
+        knn_weight: float = 0.25,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -353,6 +360,7 @@ class DEUP(PostProcessing):
         self.layer_gate = layer_gate
         self.layer_tail = layer_tail
         self.layer_weight = layer_weight
+        self.knn_weight = knn_weight
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -380,12 +388,10 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
         if not isinstance(self.layer_tail, int | float) or not 0 <= self.layer_tail < 1:
             raise ValueError(f"Expected `layer_tail` in [0, 1), but got {self.layer_tail!r}.")
-        if (
-            isinstance(self.layer_weight, bool)
-            or not isinstance(self.layer_weight, int | float)
-            or not 0 <= self.layer_weight < math.inf
-        ):
-            raise ValueError(f"Expected `layer_weight` to be a number >= 0, but got {self.layer_weight!r}.")
+        for name in ("layer_weight", "knn_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
         if not (
             self.layers is None
             or isinstance(self.layers, str)
@@ -551,6 +557,11 @@ class DEUP(PostProcessing):
             layer, distances = _fit_layer_distance(cal_outputs, train)
             layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
             layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None
+        knn_column, knn_evidence = None, None
+        if cost is not None and self.knn_weight > 0:
+            knn = next((f for f in features if type(f) is KNNDistance), None)
+            knn_column = None if knn is None else _column_of(features, widths, knn)
+            knn_evidence = None if knn_column is None else TailEvidence().fit(x[:, knn_column])
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
             strata = torch.cat([strata, torch.full((len(extra_x),), -1, dtype=strata.dtype)])
@@ -561,8 +572,9 @@ class DEUP(PostProcessing):
         self.errors_ = errors
         self.gate_, self.gate_score_, self.gate_column_ = gate, gate_score, gate_column
         self.layer_, self.layer_gate_, self.layer_evidence_ = layer, layer_gate, layer_evidence
-        # scoring reads the weight fitted with, as for every other setting, not a later edit
-        self.layer_weight_ = self.layer_weight
+        self.knn_evidence_, self.knn_column_ = knn_evidence, knn_column
+        # scoring reads the weights fitted with, as for every other setting, not a later edit
+        self.layer_weight_, self.knn_weight_ = self.layer_weight, self.knn_weight
         self.error_cost_ = cost
         directions = torch.cat(
             [torch.full((width,), f.ood_direction) for f, width in zip(features, widths, strict=True)]
@@ -664,7 +676,7 @@ class DEUP(PostProcessing):
     def score_outputs(self, outputs: ModelOutputs) -> Tensor:
         """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
         mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7), then
-        multiplied by the layer-statistics evidence (step 7)."""
+        multiplied by the layer-statistics and KNN evidence (step 7)."""
         self._check_fitted()
         device = outputs.logits.device
         outputs = outputs.to("cpu")
@@ -682,12 +694,16 @@ class DEUP(PostProcessing):
             in_distribution *= 1 - self.layer_gate_.predict(distances)
         if self.gate_ is not None or self.layer_gate_ is not None:
             scores = self.error_cost_ * (1 - in_distribution) + in_distribution * scores
+        # mean-1 evidence: an input typical of the calibration rows keeps about its g
+        log_evidence = []
         if self.layer_evidence_ is not None:
-            # mean-1 evidence: an input typical of the calibration rows keeps about its g. In log
-            # space, capped where float32 ends: t grows linearly beyond the calibration rows, and an
-            # input far off (unnormalised pixels) would otherwise score inf
-            evidence = self.layer_evidence_.evidence(distances) - 1
-            log_scores = torch.log(scores.double()) + self.layer_weight_ * evidence
+            log_evidence.append(self.layer_weight_ * (self.layer_evidence_.evidence(distances) - 1))
+        if self.knn_evidence_ is not None:
+            log_evidence.append(self.knn_weight_ * (self.knn_evidence_.evidence(x[:, self.knn_column_]) - 1))
+        if log_evidence:
+            # in log space, capped where float32 ends: t grows linearly beyond the calibration rows,
+            # and an input far off (unnormalised pixels) would otherwise score inf
+            log_scores = torch.log(scores.double()) + sum(log_evidence)
             scores = torch.exp(log_scores.clamp(max=_LOG_FLOAT32_MAX)).float()
         return scores.to(device)
 
@@ -704,8 +720,8 @@ class DEUP(PostProcessing):
     # ----------------------------------------------------------------------------- persistence
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
-        "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "layer_weight", "batch_size", "lr",
-        "weight_decay", "patience", "progress", "seed", "layers",
+        "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "layer_weight", "knn_weight",
+        "batch_size", "lr", "weight_decay", "patience", "progress", "seed", "layers",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -733,6 +749,13 @@ class DEUP(PostProcessing):
                 "evidence": None if self.layer_evidence_ is None else self.layer_evidence_.state_dict(),
                 "weight": self.layer_weight_,
             },
+            "knn_evidence": None
+            if self.knn_evidence_ is None
+            else {
+                "state": self.knn_evidence_.state_dict(),
+                "column": self.knn_column_,
+                "weight": self.knn_weight_,
+            },
             "error_cost": self.error_cost_,
         }
         torch.save(state, path)
@@ -741,9 +764,9 @@ class DEUP(PostProcessing):
     def load(cls, path: str | Path, model: nn.Module | None = None, device: Any = None) -> DEUP:
         """Rebuild a fitted DEUP saved by :meth:`save`; scores are identical to the last bit."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        # a file saved before the layer gate or evidence was fitted without them: refitting it must
-        # not add them
-        params = {"layer_gate": False, "layer_weight": 0.0, **state["params"]}
+        # a file saved before the layer gate or an evidence was fitted without them: refitting it
+        # must not add them
+        params = {"layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, **state["params"]}
         deup = cls(model=model, device=device, **params)
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
         deup.scaler_ = FeatureScaler(**state["scaler"])
@@ -775,6 +798,12 @@ class DEUP(PostProcessing):
                 deup.layer_evidence_.load_state_dict(layer["evidence"])
         # the weight fitted with; files saved before it was kept apart hold only the parameter
         deup.layer_weight_ = (layer or {}).get("weight", deup.layer_weight)
+        knn = state.get("knn_evidence")  # files saved before the KNN evidence have none
+        deup.knn_evidence_, deup.knn_column_, deup.knn_weight_ = None, None, deup.knn_weight
+        if knn is not None:
+            deup.knn_evidence_ = TailEvidence()
+            deup.knn_evidence_.load_state_dict(knn["state"])
+            deup.knn_column_, deup.knn_weight_ = knn["column"], knn["weight"]
         return deup
 
 

@@ -69,12 +69,12 @@ The smooth alternative, :class:`TailEvidence` of the same distance multiplying D
 1                 off           89.38        4.802            14.153          94.66
 ================  ============  ===========  ===============  ==============  =================
 
-The default, ``layer_weight=0.5`` without the gate, has the lowest SCOD_AUGRC sum (18.849; 0.375:
+That round chose ``layer_weight=0.5`` without the gate, the lowest SCOD_AUGRC sum (18.849; 0.375:
 18.850, the gate alone: 18.872). The sum is flat from 0.375 to 0.625: the choice within that
-range is within the noise of three draws. The ViM gate on top of the default
-(``ood_prior=0.05``) cost misclassification AUROC again (87.74) and raised the sum (18.967). These
-rows used DEUP's neighbour banks of a fifth of the training rows; with the tenth now default the
-default row reads 90.32, 4.634, 14.210, 93.61 (sum 18.844).
+range is within the noise of three draws. The ViM gate on top of it (``ood_prior=0.05``) cost
+misclassification AUROC again (87.74) and raised the sum (18.967). These rows used DEUP's
+neighbour banks of a fifth of the training rows; with a tenth, the bold row reads 90.32, 4.634,
+14.210, 93.61 (sum 18.844).
 
 The layer evidence cost held-out-class AUROC (97.87 for ``g`` alone, 96.52 with it): inputs of an
 unseen class have ordinary low-level statistics. The tail evidence of ``g``'s own KNN-distance

@@ -3,10 +3,10 @@
     python benchmarks/combination_frontier.py
 
 Reads the outputs cached by ``ood_cifar10_svhn.py`` (run it first). Fits DEUP's ``g`` without any
-layer-statistics term on the validation split (``layer_gate=False``, ``layer_weight=0``) and the
-layer-statistics distance on the training split, then prints, on CIFAR-10 test vs SVHN, OOD AUROC /
-misclassification AUROC of two families that combine an error score ``e`` (``g``, or ``1 - MSP``)
-with the distance ``d``:
+layer-statistics or KNN term on the validation split (``layer_gate=False``, ``layer_weight=0``,
+``knn_weight=0``) and the layer-statistics distance on the training split, then prints, on
+CIFAR-10 test vs SVHN, OOD AUROC / misclassification AUROC of two families that combine an error
+score ``e`` (``g``, or ``1 - MSP``) with the distance ``d``:
 
 - *gate*: ``cost * pi + (1 - pi) * e``, ``pi = 1 - exp(-relu(d - q) / (k * sd))``, ``q`` the ``1 - tail``
   quantile of the validation distances (DEUP's ``layer_gate`` form), over ``tail`` and ``k``;
@@ -54,7 +54,7 @@ def main() -> None:
         sets[k] for k in ("train", "val", "test", "svhn")
     )
     wrong = (test.logits.argmax(1) != y_test).float()
-    deup = DEUP(layer_gate=False, layer_weight=0.0, seed=args.seed, progress=False)
+    deup = DEUP(layer_gate=False, layer_weight=0.0, knn_weight=0.0, seed=args.seed, progress=False)
     deup.fit_outputs(val, y_val, train, y_train)
     layer = LayerStatistics().fit(train, y_train)
     d_val, d_test, d_svhn = (layer(o)[:, 0] for o in (val, test, svhn))

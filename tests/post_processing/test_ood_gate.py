@@ -352,8 +352,7 @@ def test_the_knn_evidence_needs_a_classifier_with_training_data_and_a_knn_featur
     outputs = default.model_outputs(torch.randn(10, 4))
     column = feature_matrix(default.features_, outputs)[:, default.knn_column_]
     torch.testing.assert_close(column, knn(outputs)[:, 0])
-    assert default.knn_evidence_.calibration_.shape == (90,)
-    assert knn_terms(DEUP(model=linear_model(), **fast).fit(loader(90, 0))) == (None, None)
+    assert default.knn_evidence_.calibration_.shape == (90,)  # the calibration rows, not the extra rows
     off = DEUP(model=linear_model(), knn_weight=0, **fast).fit(loader(90, 0), train_loader=loader(150, 1))
     assert knn_terms(off) == (None, None)
     no_knn = DEUP(model=linear_model(), features=[OutputStatistics(), GaussianDensity()], **fast)
@@ -375,6 +374,35 @@ def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_pat
     torch.save(state, tmp_path / "old.pt")
     old = DEUP.load(tmp_path / "old.pt", model=model)
     assert (old.knn_weight, old.knn_evidence_) == (0.0, None)
-    x = torch.randn(30, 1, 5, 5) * 3
-    assert torch.equal(old(x), deup(x))
     assert old.fit(image_loader(90, 0), image_loader(150, 1)).knn_evidence_ is None
+
+
+def ensemble_model() -> nn.Module:
+    return DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))]).eval()
+
+
+@pytest.mark.parametrize(
+    ("make_model", "features", "ood_prior"),
+    [(ensemble_model, None, 0.1), (linear_model, [KNNDistance(k=3), OutputStatistics()], 0.0)],
+    ids=["ensemble, the gate sharing the column", "KNN first among custom features"],
+)
+def test_the_knn_evidence_reads_g_s_knn_column_wherever_it_lies(make_model, features, ood_prior):
+    model = make_model()
+    fast = {"max_epochs": 3, "progress": False, "held_out_classes": 2, "knn_weight": 0.4}
+    deup = DEUP(model=model, features=features, ood_prior=ood_prior, **fast)
+    deup.fit(loader(90, 0), train_loader=loader(150, 1))
+    knn = next(f for f in deup.features_ if type(f) is KNNDistance)
+    if features is not None:
+        assert deup.knn_column_ == 0
+    if ood_prior > 0:
+        assert deup.gate_column_ == deup.knn_column_  # the gate reads the same column
+    outputs = deup.model_outputs(torch.randn(40, 4) * 3)
+    cal_outputs = deup.model_outputs(torch.cat([b[0] for b in loader(90, 0)]))
+    x = feature_matrix(deup.features_, outputs)
+    with torch.no_grad():
+        expected = deup.g_(deup.scaler_(x)).double()
+    if deup.gate_ is not None:
+        pi = deup.gate_.predict(x[:, deup.gate_column_]).double()
+        expected = deup.error_cost_ * pi + (1 - pi) * expected
+    t = conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0])
+    torch.testing.assert_close(deup.score_outputs(outputs), (expected * torch.exp(0.4 * (t - 1))).float())

@@ -41,22 +41,22 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
-   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest
-   value (``t`` grows linearly beyond the calibration rows; inputs that far, such as unnormalised
-   pixels, tie there). In log space that adds
-   ``layer_weight * t`` to ``log g``, as the evidence of independent signals adds: an input both
-   unusual and uncertain ranks above one that is only one of them. The evidence enters smoothly:
-   as it is about independent of the errors, a small weight changes the misclassification ranking
-   only to second order while OOD inputs gain to first order, where a hard gate lifts a few inputs
-   all the way. The KNN distance of ``g``'s own column (for a classifier with training outputs)
-   adds its evidence the same way, ``knn_weight * (t_knn - 1)``, at no cost: an input of a class
-   the model never saw has ordinary low-level statistics but lies far from the training
-   embeddings, and the layer evidence alone had cost those inputs. On the proxy of
-   ``benchmarks/select_deup.py``, ``layer_weight=0.625, knn_weight=0.25`` had the lowest summed
-   SCOD_AUGRC (tables in :mod:`~torch_deup.post_processing.ood_gate`). ``layer_gate=True`` adds a
-   range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) on the same distance
-   instead or as well: it lifts inputs beyond all but a share ``layer_tail`` of the calibration
-   rows. The gates combine as independent evidence, ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
+   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest value (``t``
+   grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
+   there). In log space that adds ``layer_weight * (t - 1)`` to ``log g``, as the evidence of
+   independent signals adds: an input both unusual and uncertain ranks above one that is only one of
+   them. The evidence enters smoothly: as it is about independent of the errors, a small weight
+   changes the misclassification ranking only to second order while OOD inputs gain to first order,
+   where a hard gate lifts a few inputs all the way. The KNN distance of ``g``'s own column (for a
+   classifier with training outputs) adds its evidence the same way, ``knn_weight * (t_knn - 1)``,
+   with no extra computation (``g`` reads that column anyway): an input of a class the model never
+   saw has ordinary low-level statistics but lies far from the training embeddings, and the layer
+   evidence alone had cost those inputs. On the proxy of ``benchmarks/select_deup.py``,
+   ``layer_weight=0.625, knn_weight=0.25`` had the lowest summed SCOD_AUGRC (tables in
+   :mod:`~torch_deup.post_processing.ood_gate`). ``layer_gate=True`` adds a range gate
+   (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) on the same distance instead or as
+   well: it lifts inputs beyond all but a share ``layer_tail`` of the calibration rows. The gates
+   combine as independent evidence, ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
@@ -465,7 +465,7 @@ class DEUP(PostProcessing):
         features when they hold one."""
         if linear_head and train[0].embedding.shape[1] >= 2:
             return ViMScore().fit(*train)
-        knn = next((f for f in features if type(f) is KNNDistance), None)
+        knn = _knn_feature(features)
         if knn is None:
             k, bank = _knn_bank(len(train[1]))
             knn = KNNDistance(k=k, bank_size=bank, seed=self.seed).fit(*train)
@@ -559,8 +559,7 @@ class DEUP(PostProcessing):
             layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None
         knn_column, knn_evidence = None, None
         if cost is not None and self.knn_weight > 0:
-            knn = next((f for f in features if type(f) is KNNDistance), None)
-            knn_column = None if knn is None else _column_of(features, widths, knn)
+            knn_column = _column_of(features, widths, _knn_feature(features))
             knn_evidence = None if knn_column is None else TailEvidence().fit(x[:, knn_column])
         for extra_x, extra_errors in extra:
             # their own stratum, so every fold holds its share of these rows
@@ -830,11 +829,17 @@ def _widths(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> list
 
 
 def _column_of(
-    features: Sequence[FeatureExtractor], widths: Sequence[int], extractor: FeatureExtractor
+    features: Sequence[FeatureExtractor], widths: Sequence[int], extractor: FeatureExtractor | None
 ) -> int | None:
-    """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature."""
+    """The index of ``extractor``'s (first) column in the feature matrix, ``None`` if not a feature
+    (or ``None``)."""
     starts = torch.tensor([0, *widths]).cumsum(0).tolist()
     return next((start for f, start in zip(features, starts, strict=False) if f is extractor), None)
+
+
+def _knn_feature(features: Sequence[FeatureExtractor]) -> KNNDistance | None:
+    """The first :class:`~torch_deup.features.distance.KNNDistance` among ``features``, if any."""
+    return next((f for f in features if type(f) is KNNDistance), None)
 
 
 def _fit_layer_distance(

@@ -76,28 +76,28 @@ misclassification AUROC again (87.74) and raised the sum (18.967). These rows us
 neighbour banks of a fifth of the training rows; with a tenth, the bold row reads 90.32, 4.634,
 14.210, 93.61 (sum 18.844).
 
-The layer evidence cost held-out-class AUROC (97.87 for ``g`` alone, 96.52 with it): inputs of an
-unseen class have ordinary low-level statistics. The tail evidence of ``g``'s own KNN-distance
-column (``DEUP(knn_weight=...)``) gives it back. Summed SCOD_AUGRC (near + far) on the same proxy,
-3 draws, neighbour banks of a tenth, no gate, by ``layer_weight`` (rows) and ``knn_weight``
-(columns):
+The layer evidence cost held-out-class AUROC (97.87 for ``g`` alone, 96.52 with it, both with banks
+of a tenth): inputs of an unseen class have ordinary low-level statistics. The tail evidence of
+``g``'s own KNN-distance column (``DEUP(knn_weight=...)``) gives it back. Summed SCOD_AUGRC (near +
+far) on the same proxy, 3 draws, neighbour banks of a tenth, no gate, by ``layer_weight`` (rows) and
+``knn_weight`` (columns; n/a: not run):
 
 ==========================  ======  ======  ==========  ======  ======
-layer_weight                0       0.125   0.25        0.375   0.5
+``layer_weight``            0       0.125   0.25        0.375   0.5
 ==========================  ======  ======  ==========  ======  ======
 0.5                         18.844  18.817  18.816      18.822  18.830
 **0.625**                   18.862  18.818  **18.809**  18.811  18.817
 0.75                        18.887  18.831  18.813      18.810  18.812
-0.875                               18.851  18.824      18.815  18.814
+0.875                       n/a     18.851  18.824      18.815  18.814
 ==========================  ======  ======  ==========  ======  ======
 
 The default, ``layer_weight=0.625, knn_weight=0.25``, has the lowest sum (misclassification AUROC
 90.18, held-out-class AUROC 97.46, SCOD_AUGRC 4.611 near and 14.199 far, synthetic AUROC 93.78); the
 ridge from (0.5, 0.125) to (0.875, 0.5) is flat within 0.015, the noise of three draws. At
-``layer_weight=0.5``, these did not lower the sum: ViM's evidence on top of the KNN's (0.125: 18.829
-against 18.816), the Gaussian density's instead of the KNN's (0.125 and 0.25: 18.825 and 18.830
-against 18.817 and 18.816), the layer statistics' distance to the predicted class's mean instead of
-to the training split's (18.848 against 18.844, both without KNN evidence).
+``layer_weight=0.5``, these did not lower the sum: ViM's evidence with weight 0.125 on top of the
+KNN's at 0.25 (18.829 against 18.816), the Gaussian density's instead of the KNN's (0.125 and 0.25:
+18.825 and 18.830 against 18.817 and 18.816), the layer statistics' distance to the predicted
+class's mean instead of to the training split's (18.848 against 18.844, both without KNN evidence).
 """
 
 from __future__ import annotations

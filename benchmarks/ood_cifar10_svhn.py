@@ -19,6 +19,13 @@ test, SCOD_AUGRC (ID test + SVHN, OOD cost 0.5), Spearman correlation of the sco
 per-sample cross-entropy on CIFAR-10 test, fit time and scoring time per 1,000 images (on computed
 outputs; the base model's own forward time is printed above the table). DEUP runs with three
 seeds: mean and spread. Writes ``--plot`` (OOD AUROC vs misclassification AUROC) and ``--json``.
+
+``--published`` is for a checkpoint trained on all 50,000 training images, such as the published
+ResNet-20 in ``../shared/weights/akamaster``: its validation split is training data, so its errors
+there are not out-of-sample. The protocol of issue 5's own table then applies: the reference split
+is train + validation, DEUP calibrates on a stratified half of the CIFAR-10 test set (seed 0), and
+every criterion is evaluated on the other half against SVHN. Outputs, plot and JSON go to
+``*_published`` files.
 """
 
 from __future__ import annotations
@@ -34,13 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from torch_deup.datamodules import CIFAR10DataModule
+from torch_deup.datamodules.splits import stratified_split
 from torch_deup.features import EnsembleDisagreement
 from torch_deup.hub import load_checkpoint
 from torch_deup.metrics import augrc, aurc, fpr_at_tpr, ood_aupr, ood_auroc, scod_losses
 from torch_deup.models import DeepEnsemble
 from torch_deup.models.classification.resnet import resnet
 from torch_deup.ood_criteria import get_criterion
-from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs
+from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs, concat_outputs
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import spearman
 
@@ -49,6 +57,11 @@ from helpers.reference_deup import fit_reference_deup
 
 CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
 CACHE_VERSION = 7  # bumped when what the cache holds changes (7: chunked two-pass statistics)
+# the input normalisation each checkpoint was trained with (akamaster's used ImageNet's statistics)
+NORMALIZATION = {
+    "cifar10": {},  # the data module's default, CIFAR-10's own statistics
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
 BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats"]
 
 
@@ -56,6 +69,12 @@ def load_model(checkpoints: list[str]) -> torch.nn.Module:
     """The ResNet-20 of one checkpoint, or the deep ensemble of several."""
     models = [load_checkpoint(resnet(arch=20, num_classes=10), c).eval() for c in checkpoints]
     return models[0] if len(models) == 1 else DeepEnsemble(models).eval()
+
+
+def data_module(args: argparse.Namespace) -> CIFAR10DataModule:
+    """CIFAR-10 with its 10% validation split and SVHN, normalised as ``--normalization`` says."""
+    normalization = NORMALIZATION[args.normalization]
+    return CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1, **normalization)
 
 
 def cached_sets(saved: dict) -> dict[str, tuple[ModelOutputs, torch.Tensor]]:
@@ -71,10 +90,11 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     checkpoint_sha256 = "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in args.checkpoint)
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        if saved.get("checkpoint_sha256") == checkpoint_sha256 and saved.get("version") == CACHE_VERSION:
+        key = (saved.get("checkpoint_sha256"), saved.get("version"), saved.get("normalization", "cifar10"))
+        if key == (checkpoint_sha256, CACHE_VERSION, args.normalization):
             return cached_sets(saved), saved["times"]
-        print(f"{cache} holds another checkpoint's outputs, or older fields: recomputing them")
-    dm = CIFAR10DataModule(root=args.data, batch_size=500, eval_ood=True, val_split=0.1)
+        print(f"{cache} holds another checkpoint's or normalisation's outputs, or older fields: recomputing")
+    dm = data_module(args)
     model = load_model(args.checkpoint)
     loaders = {
         "train": dm.train_eval_dataloader(),
@@ -97,10 +117,26 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
             "sets": payload,
             "times": times,
             "checkpoint_sha256": checkpoint_sha256,
+            "normalization": args.normalization,
             "version": CACHE_VERSION,
         }
         torch.save(saved, cache)
     return sets, times
+
+
+def published_protocol(
+    sets: dict[str, tuple[ModelOutputs, torch.Tensor]],
+) -> dict[str, tuple[ModelOutputs, torch.Tensor]]:
+    """The splits for a model trained on all training images: train + validation as the reference,
+    a stratified half of the test set (seed 0) to calibrate on, the other half to evaluate."""
+    (test, y_test), (train, y_train), (val, y_val) = sets["test"], sets["train"], sets["val"]
+    evaluate, calibrate = stratified_split(y_test, 0.5, seed=0)
+    return {
+        "train": (concat_outputs([train, val]), torch.cat([y_train, y_val])),
+        "val": (test[calibrate], y_test[calibrate]),
+        "test": (test[evaluate], y_test[evaluate]),
+        "svhn": sets["svhn"],
+    }
 
 
 def forward_costs(model: torch.nn.Module, deup: DEUP, loader, rounds: int = 3, n: int = 5000) -> dict:
@@ -199,6 +235,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     test_acc = (sets["test"][0].logits.argmax(1) == sets["test"][1]).float().mean().item()
     print(f"test accuracy {100 * test_acc:.2f}%")
+    if args.published:
+        sets = published_protocol(sets)
+        n_cal = len(sets["val"][1])
+        print(f"published protocol: DEUP calibrates on {n_cal} test images, evaluation on the rest")
+    # the pass DEUP's fit needs: the reference and the calibration split
+    n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
     ensemble = sets["val"][0].members is not None
     rows = []
     # an ensemble's logits are log mean probabilities: max-logit is MSP and energy is 0
@@ -230,9 +272,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     row, deup = deup_row(args, sets, f"DEUP (ours, {len(args.seeds)} seeds)", lambda deup: deup)
     rows.append(row)
     model = load_model(args.checkpoint)
-    loader = CIFAR10DataModule(
-        root=args.data, batch_size=500, eval_ood=True, val_split=0.1
-    ).test_dataloader()[0]
+    loader = data_module(args).test_dataloader()[0]
     cost = forward_costs(model, deup, loader)
     # the fit again, right after the forward timings: this machine's speed moves within minutes
     start = time.perf_counter()
@@ -244,7 +284,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         f"{1000 * cost['plain']:.0f} ms per 1,000 images plain, {1000 * cost['scored']:.0f} ms with both "
         "(each batch through the three in rotating order, medians over batches)"
     )
-    # the pass DEUP needs runs with the hooks; the target's unit is the model's plain forward
+    # the pass DEUP needs runs with the hooks; the target's unit is the model's plain forward over it
     cost["fit ratio"] = cost["hooked ratio"] + cost["fit s"] / (cost["plain"] * n_forward / 1000)
     print(f"DEUP fit incl. training pass: {cost['fit ratio']:.2f}x one plain forward pass over train+val")
     row["cost"] = cost
@@ -302,10 +342,16 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="outputs cache ('' to disable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--deup", default="{}", help="JSON of extra DEUP arguments")
+    parser.add_argument(
+        "--normalization", choices=sorted(NORMALIZATION), default="cifar10", help="the checkpoint's inputs"
+    )
+    parser.add_argument(
+        "--published", action="store_true", help="a model trained on all training images: calibrate on test"
+    )
     parser.add_argument("--plot", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    suffix = "_ensemble" if len(args.checkpoint) > 1 else ""
+    suffix = ("_ensemble" if len(args.checkpoint) > 1 else "") + ("_published" if args.published else "")
     defaults = {
         "cache": f"results/cifar10_svhn{suffix}_outputs.pt",
         "plot": f"benchmarks/ood_cifar10_svhn{suffix}.png",
@@ -320,7 +366,8 @@ def main() -> None:
         plot(
             rows,
             args.plot,
-            "ResNet-20" if len(args.checkpoint) == 1 else f"{len(args.checkpoint)} ResNet-20s",
+            ("ResNet-20" if len(args.checkpoint) == 1 else f"{len(args.checkpoint)} ResNet-20s")
+            + (", published" if args.published else ""),
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,9 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
-   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest value (``t``
-   grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
-   there). In log space that adds ``layer_weight * (t - 1)`` to ``log g``, as the evidence of
+   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest
+   value (``t`` grows linearly beyond the calibration rows; inputs that far, such as unnormalised
+   pixels, tie there). In log space that adds ``layer_weight * (t - 1)`` to ``log g``, as the evidence of
    independent signals adds: an input both unusual and uncertain ranks above one that is only one of
    them. The evidence enters smoothly: as it is about independent of the errors, a small weight
    changes the misclassification ranking only to second order while OOD inputs gain to first order,

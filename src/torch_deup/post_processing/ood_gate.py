@@ -80,7 +80,9 @@ The layer evidence cost held-out-class AUROC (97.87 for ``g`` alone, 96.52 with 
 of a tenth): inputs of an unseen class have ordinary low-level statistics. The tail evidence of
 ``g``'s own KNN-distance column (``DEUP(knn_weight=...)``) gives it back. Summed SCOD_AUGRC (near +
 far) on the same proxy, 3 draws, neighbour banks of a tenth, no gate, by ``layer_weight`` (rows) and
-``knn_weight`` (columns; n/a: not run):
+``knn_weight`` (columns; n/a: not run; ``select_deup.py`` with one configuration per cell, such as
+``'{"layer_weight": 0.625, "knn_weight": 0.25}'``, prints the two terms, whose rounded sums agree
+with these within 0.001):
 
 ==========================  ======  ======  ==========  ======  ======
 ``layer_weight``            0       0.125   0.25        0.375   0.5

@@ -70,6 +70,10 @@ def linear_model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
 
 
+def ensemble_model() -> nn.Module:
+    return DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))]).eval()
+
+
 def loader(n: int, seed: int) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     return DataLoader(TensorDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3), batch_size=32)
@@ -97,7 +101,7 @@ def test_the_gate_reads_vim_where_the_head_is_linear_else_the_knn_distance_and_n
     assert DEUP(model=linear_model(), **FAST).fit(loader(90, 0)).gate_ is None
     fit = {"train_loader": loader(150, 1)}
     assert isinstance(DEUP(model=linear_model(), **FAST).fit(loader(90, 0), **fit).gate_score_, ViMScore)
-    ensemble = DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))])
+    ensemble = ensemble_model()
     narrow = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 3))  # no residual space for ViM
     x = torch.randn(20, 4)
     for model in (ensemble, narrow):
@@ -375,10 +379,6 @@ def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_pat
     old = DEUP.load(tmp_path / "old.pt", model=model)
     assert (old.knn_weight, old.knn_evidence_) == (0.0, None)
     assert old.fit(image_loader(90, 0), image_loader(150, 1)).knn_evidence_ is None
-
-
-def ensemble_model() -> nn.Module:
-    return DeepEnsemble([linear_model(), nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))]).eval()
 
 
 @pytest.mark.parametrize(

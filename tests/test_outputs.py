@@ -139,3 +139,17 @@ def test_collect_outputs_runs_the_model_without_gradients_and_returns_ordinary_t
     # not inference tensors: a caller may modify them in place or train on them
     assert not outputs.logits.is_inference()
     outputs.logits.add_(1.0)
+
+
+def test_collect_outputs_runs_in_eval_mode_and_restores_the_mode_and_the_device():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    moves = []
+    original_to = model.to
+    model.to = lambda *args, **kwargs: moves.append(args) or original_to(*args, **kwargs)
+    model.train()
+    batches = [(torch.randn(5, 4), torch.zeros(5))]
+    first, _ = collect_outputs(model, batches, device="cpu", progress=False)
+    second, _ = collect_outputs(model, batches, device="cpu", progress=False)
+    assert torch.equal(first.logits, second.logits)  # no dropout noise
+    assert model.training
+    assert moves == [("cpu",), (torch.device("cpu"),)] * 2  # there and back, each time

@@ -299,6 +299,24 @@ def model_input(model: nn.Module, x: Tensor, device: torch.device | str | None =
     return x.to(device=device, dtype=dtype)
 
 
+@contextmanager
+def evaluating(model: nn.Module, device: torch.device | str | None = None) -> Iterator[nn.Module]:
+    """``model`` in eval mode, and on ``device`` if given, inside the block; its mode and device
+    are restored after it, so collecting outputs leaves a model mid-training as it was (dropout and
+    batch-norm statistics in train mode would make scores random and change the model)."""
+    was_training = model.training
+    home = next(model.parameters(), None)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        if device is not None and home is not None:
+            model.to(home.device)
+
+
 @torch.no_grad()
 def collect_outputs(
     model: nn.Module,
@@ -308,7 +326,8 @@ def collect_outputs(
     desc: str = "Collecting outputs",
     layers: str | Sequence[str] | None = "auto",
 ) -> tuple[ModelOutputs, Tensor]:
-    """Run ``model`` once over ``loader`` without gradients; return all outputs (on CPU) and
+    """Run ``model`` once over ``loader`` without gradients, in eval mode (and on ``device`` if
+    given; both restored after, see :func:`evaluating`); return all outputs (on CPU) and
     targets. ``layers``: as for :class:`OutputCapture` (its default records 96 floats per sample
     for a CIFAR ResNet-20, thousands for an ImageNet ResNet; pass ``None`` where nothing reads
     them).
@@ -319,10 +338,11 @@ def collect_outputs(
     """
     capture = OutputCapture(model, layers)
     outputs, targets = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x, y = split_batch(batch)
-        outputs.append(capture(model_input(model, x, device)).detach()._map(lambda t: t.float().cpu()))
-        targets.append(y.cpu())
+    with evaluating(model, device):
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x, y = split_batch(batch)
+            outputs.append(capture(model_input(model, x)).detach()._map(lambda t: t.float().cpu()))
+            targets.append(y.cpu())
     if not outputs:
         raise ValueError("The loader yielded no batch: it is empty. Pass a loader with at least one sample.")
     return concat_outputs(outputs), torch.cat(targets)

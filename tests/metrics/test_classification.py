@@ -38,6 +38,16 @@ def numpy_nll(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(-np.log(p[np.arange(len(y)), y])))
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize(
+    ("function", "reference"), [(brier_score, numpy_brier), (categorical_nll, numpy_nll)]
+)
+def test_any_integer_dtype_of_targets_gives_the_int64_result(function, reference, dtype) -> None:
+    probs, targets = dirichlet_case(3, n=50)
+    expected = reference(probs.numpy(), targets.numpy())
+    assert function(probs, targets.to(dtype)).item() == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("metric_class", "function", "reference"),
     [

@@ -50,6 +50,15 @@ def test_fpr_at_other_levels_matches_sklearn(level: float) -> None:
     assert fpr_at_tpr(scores, is_ood, tpr=level).item() == pytest.approx(expected, abs=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int64])
+def test_fpr_of_integer_scores_matches_sklearn(dtype) -> None:
+    # negating unsigned scores wraps 0 to the top: the FPR must follow the scores' own order
+    scores = torch.tensor([0, 1, 2, 3, 3, 5, 0, 7], dtype=dtype)
+    is_ood = torch.tensor([0, 0, 1, 1, 0, 1, 1, 1])
+    expected = sklearn_fpr_at_tpr(is_ood.numpy(), scores.double().numpy(), 0.8)
+    assert fpr_at_tpr(scores, is_ood, tpr=0.8).item() == pytest.approx(expected)
+
+
 def test_fpr95_stops_at_exactly_95_percent() -> None:
     # 20 OOD: 18 above every ID sample, then one ID at 9.5, then the 19th OOD (TPR 19/20 = 0.95)
     ood_scores = torch.cat([torch.arange(18.0) + 10, torch.tensor([9.0, 0.0])])

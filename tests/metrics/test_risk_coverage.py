@@ -154,6 +154,10 @@ def test_compute_without_samples_is_nan_with_a_warning() -> None:
 def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match=r"Expected `failures` in \[0, 1\]"):
         aurc(torch.tensor([0.1, 0.2]), torch.tensor([0.0, 2.0]))
+    with pytest.raises(ValueError, match=r"got 1 values outside it, 1 of them NaN"):
+        aurc(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match=r"got 1 values outside it, 1 of them NaN"):
+        coverage_at_risk(torch.tensor([0.1, 0.2]), torch.tensor([float("nan"), 0.0]), 0.05)
     with pytest.raises(ValueError, match="Expected `failures` to have the shape of the scores"):
         aurc(torch.tensor([0.1, 0.2]), torch.tensor([0.0]))
     with pytest.raises(ValueError, match="Expected `scores` without NaN"):

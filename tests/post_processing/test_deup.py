@@ -12,7 +12,7 @@ from helpers.models import conv_net
 from helpers.reference_deup import fit_reference_deup
 from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError
 from torch_deup.models import DeepEnsemble
-from torch_deup.outputs import ModelOutputs, OutputCapture
+from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import per_sample_errors, stratified_folds
 
@@ -145,6 +145,31 @@ def test_same_seed_gives_identical_scores_and_another_seed_does_not():
     c = DEUP(model=mlp(), seed=4, **FAST).fit(loader())(x)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_fit_leaves_the_global_random_stream_as_it_found_it():
+    # fit_outputs: iterating a DataLoader draws its base seed from the global stream by itself
+    outputs, targets = collect_outputs(mlp(), loader(), progress=False)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    DEUP(**FAST).fit_outputs(outputs, targets)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_fit_and_scoring_run_a_model_in_train_mode_in_eval_mode_and_leave_it_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3))
+    model.train()
+    running_mean = model[1].running_mean.clone()
+    deup = DEUP(model=model, **FAST).fit(loader())
+    x = torch.randn(8, 4)
+    first = deup(x)
+    # eval mode: no dropout noise, batch statistics unused (a single sample scores as in a batch)
+    assert torch.equal(deup(x), first)
+    assert torch.allclose(deup(x[:1]), first[:1])
+    assert model.training
+    assert torch.equal(model[1].running_mean, running_mean)
 
 
 def test_save_load_round_trip_is_bit_exact(tmp_path):
@@ -286,6 +311,8 @@ class TripleDataset(torch.utils.data.Dataset):
         ({"num_folds": 1}, None, ValueError, "`num_folds` to be an integer >= 2"),
         ({"held_out_classes": 1}, None, ValueError, "0 \\(off\\) or an integer >= 2"),
         ({"ood_prior": 1.0}, None, ValueError, "`ood_prior` in"),
+        ({"held_out_weight": -5.0}, None, ValueError, "`held_out_weight` to be a finite number >= 0"),
+        ({"held_out_weight": math.nan}, None, ValueError, "`held_out_weight` to be a finite number >= 0"),
         (
             {"num_folds": 10},
             DataLoader(TensorDataset(torch.randn(6, 4), torch.arange(6) % 3)),

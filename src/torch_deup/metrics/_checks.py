@@ -74,10 +74,12 @@ def check_unit_interval(values: Tensor, scores: Tensor, name: str) -> None:
             f"Expected `{name}` to have the shape of the scores {tuple(scores.shape)}, but got "
             f"{tuple(values.shape)}. Pass one value per score."
         )
-    if values.numel() and (values.min() < 0 or values.max() > 1):
+    outside = ~((values >= 0) & (values <= 1))  # NaN compares false both ways: it is outside too
+    if outside.any():
+        nan = int(values.isnan().sum()) if values.is_floating_point() else 0
         raise ValueError(
-            f"Expected `{name}` in [0, 1], but got values in [{float(values.min()):.4g}, "
-            f"{float(values.max()):.4g}]. Pass 0/1 indicators (or losses scaled to [0, 1])."
+            f"Expected `{name}` in [0, 1], but got {int(outside.sum())} values outside it, {nan} of "
+            "them NaN. Pass 0/1 indicators (or losses scaled to [0, 1])."
         )
 
 

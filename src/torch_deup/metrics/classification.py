@@ -44,7 +44,7 @@ def _unused_targets(probs: Tensor) -> Tensor:
 
 def _sample_mean_update(per_sample: PerSample, probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     check_probs_targets(probs, targets)
-    values = per_sample(probs, targets)
+    values = per_sample(probs, targets.long())  # one_hot and gather index with int64 only
     return values.sum(dtype=torch.float64), torch.tensor(values.numel(), device=probs.device)
 
 

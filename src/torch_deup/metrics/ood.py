@@ -72,8 +72,9 @@ def _fpr_at_tpr_compute(scores: Tensor, is_ood: Tensor, tpr: float) -> Tensor:
     nan = _degenerate("FPR at TPR", scores, is_ood)
     if nan is not None:
         return nan
-    # negated scores: sweeping up from the smallest counts the samples with score >= t
-    called_ood, true_pos = cumulative_at_thresholds(-scores, is_ood)
+    # negated ranks: sweeping up from the smallest counts the samples with score >= t (ranks, as
+    # negating unsigned scores would wrap around)
+    called_ood, true_pos = cumulative_at_thresholds(-_dense_ranks(scores), is_ood)
     num_ood = true_pos[-1]
     first = torch.nonzero(true_pos >= tpr * num_ood * (1 - 1e-12))[0, 0]
     false_pos = called_ood[first] - true_pos[first]

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from torch_deup.outputs import ModelOutputs, OutputCapture, model_input
+from torch_deup.outputs import ModelOutputs, OutputCapture, evaluating, model_input
 
 
 class PostProcessing(ABC):
@@ -63,7 +63,7 @@ class PostProcessing(ABC):
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""
         model = self._require_model()
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):
             return OutputCapture(model, self.layers)(model_input(model, x))
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -237,8 +237,11 @@ def train_error_predictor(
     With validation rows, stops after ``patience`` epochs without improvement and returns the best
     weights and their epoch count; without, trains exactly ``epochs`` epochs.
     """
-    torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    g = make_g()
+    # g's initialisation draws from the global generator: seed a fork of it, so fitting is
+    # deterministic without resetting the random stream of the user's program
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+        g = make_g()
     optimizer = torch.optim.AdamW(g.parameters(), lr=lr, weight_decay=weight_decay)
     weight = _weighted(weight, len(x))
     best = (math.inf, 0, None)
@@ -262,6 +265,11 @@ def train_error_predictor(
             break
     if x_val is None:
         return g.eval(), epochs
+    if best[2] is None:
+        raise ValueError(
+            "The error predictor's validation loss was never finite. Check the features for NaN or "
+            "inf values and the row weights."
+        )
     g.load_state_dict(best[2])
     return g.eval(), best[1]
 
@@ -388,7 +396,7 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
         if not isinstance(self.layer_tail, int | float) or not 0 <= self.layer_tail < 1:
             raise ValueError(f"Expected `layer_tail` in [0, 1), but got {self.layer_tail!r}.")
-        for name in ("layer_weight", "knn_weight"):
+        for name in ("held_out_weight", "layer_weight", "knn_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
@@ -472,15 +480,7 @@ class DEUP(PostProcessing):
         return knn
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
-        model = self._require_model()
-        if self.device is not None:
-            model.to(self.device)
-        was_training = model.training
-        model.eval()
-        try:
-            return collect_outputs(model, loader, self.device, self.progress, desc, self.layers)
-        finally:
-            model.train(was_training)
+        return collect_outputs(self._require_model(), loader, self.device, self.progress, desc, self.layers)
 
     def fit(self, cal_loader: Iterable, train_loader: Iterable | None = None) -> DEUP:
         """Run the base model once over ``cal_loader`` (and ``train_loader``), then fit ``g``.

@@ -1,8 +1,16 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from torch_deup.datamodules.tensor_data import channel_stats, load_flat_image_folder
+from torch_deup.datamodules.tensor_data import (
+    ImageTensors,
+    TensorImageDataset,
+    batch_loader,
+    channel_stats,
+    load_flat_image_folder,
+)
 
 from .conftest import coded_images, write_flat_folder
 
@@ -32,3 +40,19 @@ def test_channel_stats_matches_numpy_over_several_chunks():
     reference = images.numpy().astype(np.float64) / 255
     np.testing.assert_allclose(mean, reference.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(std, reference.std(axis=(0, 2, 3)), rtol=1e-10)
+
+
+def augmented_batches(seed: int, num_workers: int) -> list[torch.Tensor]:
+    """Four augmented batches of one image repeated 64 times: all differences are augmentation."""
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 3, 8, 8)
+    data = ImageTensors(image.expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long), ["a"])
+    dataset = TensorImageDataset(data, (0.5,) * 3, (0.25,) * 3, augment=True, padding=2)
+    return [x for x, _ in batch_loader(dataset, 16, seed=seed, num_workers=num_workers)]
+
+
+def test_workers_draw_their_own_augmentations_reproducibly_under_a_seed():
+    batches = augmented_batches(0, num_workers=2)
+    # consecutive batches go to different workers, which must not share one random stream
+    assert not any(torch.equal(a, b) for a, b in itertools.pairwise(batches))
+    assert all(torch.equal(a, b) for a, b in zip(batches, augmented_batches(0, 2), strict=True))
+    assert not torch.equal(batches[0], augmented_batches(1, 2)[0])

@@ -194,6 +194,13 @@ def _already_batched(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
+def _seed_worker_augmentation(worker_id: int) -> None:
+    # each worker holds a copy of the dataset's generator in the same state: without a seed of its
+    # own, every worker would draw the same crops and flips for its batches
+    info = torch.utils.data.get_worker_info()
+    info.dataset.generator.manual_seed(info.seed)
+
+
 def batch_loader(
     dataset: TensorImageDataset,
     batch_size: int,
@@ -202,17 +209,18 @@ def batch_loader(
     num_workers: int = 0,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader that fetches whole batches from a :class:`TensorImageDataset`."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """A DataLoader that fetches whole batches from a :class:`TensorImageDataset`. The order (with
+    ``shuffle``) and the workers' augmentation seeds follow ``seed``."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         collate_fn=_already_batched,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker_augmentation,
     )
 
 

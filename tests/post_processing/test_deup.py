@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.models import conv_net
 from helpers.reference_deup import fit_reference_deup
-from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError
+from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError, OutputStatistics
 from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs
 from torch_deup.post_processing import DEUP
@@ -179,6 +179,18 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     x = torch.randn(30, 4)
     assert torch.equal(deup(x), reloaded(x))
     assert reloaded.hidden_dim == deup.hidden_dim
+
+
+def test_a_loaded_estimator_keeps_custom_features_and_diagnostics_and_refits_as_the_original(tmp_path):
+    deup = DEUP(model=mlp(), features=[OutputStatistics(include_logits=True)], **FAST).fit(loader())
+    deup.save(tmp_path / "deup.pt")
+    reloaded = DEUP.load(tmp_path / "deup.pt", model=mlp())
+    assert torch.equal(reloaded.errors_, deup.errors_)
+    assert torch.equal(reloaded.oof_predictions_, deup.oof_predictions_)
+    x = torch.randn(30, 4)
+    expected = DEUP(model=mlp(), features=[OutputStatistics(include_logits=True)], **FAST).fit(loader())(x)
+    assert torch.equal(reloaded.fit(loader())(x), expected)
+    assert [type(f) for f in reloaded.features_] == [OutputStatistics]
 
 
 def test_save_load_with_fitted_extractors_is_bit_exact(tmp_path):

@@ -724,11 +724,16 @@ class DEUP(PostProcessing):
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
-        """Save ``g``, the feature extractors' fitted state and the config (not the base model)."""
+        """Save ``g``, the feature extractors' fitted state, the training rows' errors and OOF
+        predictions and the config, custom ``features`` included (not the base model)."""
         self._check_fitted()
         state = {
             "params": {name: getattr(self, name) for name in self._PARAMS},
             "features": [_entry(f) for f in self.features_],
+            # a refit of the loaded estimator must use the same extractors, not the default ones
+            "custom_features": self.features is not None,
+            "errors": self.errors_,
+            "oof_predictions": self.oof_predictions_,
             "g": self.g_.state_dict(),
             "scaler": vars(self.scaler_),
             "final_epochs": self.final_epochs_,
@@ -768,6 +773,9 @@ class DEUP(PostProcessing):
         params = {"layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, **state["params"]}
         deup = cls(model=model, device=device, **params)
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
+        if state.get("custom_features"):  # files saved before it was kept refit with the defaults
+            deup.features = [_rebuild(entry) for entry in state["features"]]
+        deup.errors_, deup.oof_predictions_ = state.get("errors"), state.get("oof_predictions")
         deup.scaler_ = FeatureScaler(**state["scaler"])
         g_state = state["g"]
         deup.g_ = ErrorPredictor(

@@ -67,6 +67,22 @@ def test_prefix_is_kept_unless_every_key_has_it():
     assert list(unwrap_state_dict(state)) == ["model.weight", "head.weight"]
 
 
+def test_a_model_wrapping_its_network_as_model_loads_its_own_state_dict(tmp_path):
+    class Wrapper(nn.Module):
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.model = nn.Linear(3, 2)
+
+    torch.save({"state_dict": Wrapper(0).state_dict()}, tmp_path / "wrapped.pt")
+    loaded = load_checkpoint(Wrapper(1), tmp_path / "wrapped.pt")
+    assert torch.equal(loaded.model.weight, Wrapper(0).model.weight)
+    # a plain Linear still takes the same file, stripped
+    assert torch.equal(
+        load_checkpoint(nn.Linear(3, 2), tmp_path / "wrapped.pt").weight, Wrapper(0).model.weight
+    )
+
+
 def test_missing_num_batches_tracked_is_filled_in(tmp_path, source):
     # Checkpoints saved before PyTorch 0.4.1 (akamaster's) have no `num_batches_tracked`.
     state = {k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}

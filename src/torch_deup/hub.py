@@ -9,7 +9,7 @@ prefixes (akamaster/pytorch_resnet_cifar10). :func:`load_checkpoint` unwraps all
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,11 +61,13 @@ def resolve_checkpoint(
     )
 
 
-def unwrap_state_dict(checkpoint: Any) -> dict[str, Tensor]:
+def unwrap_state_dict(checkpoint: Any, model_keys: Collection[str] | None = None) -> dict[str, Tensor]:
     """The state dict inside ``checkpoint``, without ``module.``/``model.`` prefixes.
 
     A prefix is removed only when every key carries it, so a model whose own first submodule is
-    called ``model`` keeps its keys when they are mixed with others.
+    called ``model`` keeps its keys when they are mixed with others; with ``model_keys`` (the
+    target model's state-dict keys), not at all once every key is one of them: a model that wraps
+    its network as ``self.model`` loads its own state dict.
 
     Example:
         >>> ckpt = {"state_dict": {"module.w": torch.ones(1)}, "best_prec1": 91.7}
@@ -82,7 +84,8 @@ def unwrap_state_dict(checkpoint: Any) -> dict[str, Tensor]:
         )
     state = dict(state)
     stripped = True
-    while stripped and state:
+    model_keys = None if model_keys is None else set(model_keys)
+    while stripped and state and not (model_keys is not None and model_keys.issuperset(state)):
         stripped = False
         for prefix in WRAPPER_PREFIXES:
             if all(key.startswith(prefix) for key in state):
@@ -136,7 +139,9 @@ def load_checkpoint(
         >>> # load_checkpoint(resnet(arch=18), "torch-uncertainty/resnet18_c10", "resnet18_c10.ckpt")
     """
     path = resolve_checkpoint(source, filename, repo_type=repo_type, revision=revision)
-    state = unwrap_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    state = unwrap_state_dict(
+        torch.load(path, map_location=map_location, weights_only=True), model.state_dict()
+    )
     # Load non-strictly and judge the result: BatchNorm fills in the `num_batches_tracked` buffers
     # that pre-0.4.1 checkpoints (akamaster's) lack, which a key comparison beforehand would miss.
     result = model.load_state_dict(state, strict=False)

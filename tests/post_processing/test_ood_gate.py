@@ -296,9 +296,27 @@ def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
     assert deup(torch.randn(5, 1, 5, 5)).shape == (5,)
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"]), layers=["0"])
-    assert ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"])).layers == ["1"]
+    post = DEUP(layers=["1"])
+    assert ClassificationRoutine(model, 3, post_processing=post, ood_criterion="deup").layers == ["1"]
+    # no criterion scores with DEUP: nothing reads the statistics, none are recorded
+    assert ClassificationRoutine(model, 3, post_processing=post, ood_criterion="msp").layers is None
     with pytest.raises(ValueError, match="`layers`"):
         DEUP(layers=[1]).fit_outputs(ModelOutputs(torch.randn(10, 3)), torch.arange(10) % 3)
+
+
+def test_deup_records_layer_statistics_only_when_it_reads_them():
+    model = conv_net()
+    assert DEUP(task="regression").recorded_layers is None
+    assert DEUP(layer_weight=0.0).recorded_layers is None
+    assert DEUP(layer_weight=0.0, layer_gate=True, layers="1").recorded_layers == ["1"]
+    reading = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    assert reading.layer_ is not None
+    assert reading.recorded_layers == "auto"
+    # without training outputs there is no evidence to fit: once fitted, nothing reads them
+    alone = DEUP(model=model, **LAYER).fit(image_loader(90, 0))
+    assert alone.layer_ is None
+    assert alone.recorded_layers is None
+    assert alone.model_outputs(torch.randn(4, 1, 5, 5)).layer_stats is None
 
 
 def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_one(tmp_path):

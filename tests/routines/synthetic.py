@@ -113,6 +113,7 @@ class CountingPostProcessing(PostProcessing):
     def fit_outputs(self, cal_outputs, cal_targets, train_outputs=None, train_targets=None):
         self.fit_calls += 1
         self.saw_train_outputs = train_outputs is not None
+        self.fitted_layer_stats = cal_outputs.layer_stats
         reference = train_outputs if train_outputs is not None else cal_outputs
         self.center_ = reference.embedding.mean(0)
         return self

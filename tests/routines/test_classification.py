@@ -19,7 +19,7 @@ from routines.synthetic import (
 from torch_deup import TUTrainer
 from torch_deup.features import EnsembleDisagreement
 from torch_deup.models import DeepEnsemble
-from torch_deup.ood_criteria import GDACriterion, MaxSoftmaxCriterion
+from torch_deup.ood_criteria import DEUPCriterion, GDACriterion, MaxSoftmaxCriterion
 from torch_deup.outputs import collect_outputs
 from torch_deup.post_processing import DEUP
 from torch_deup.routines import ClassificationRoutine
@@ -84,6 +84,78 @@ def test_criterion_property_normalises_and_binds_post_processing():
     assert routine.ood_criterion.post_processing is post
     routine.ood_criterion = ["energy", "msp"]
     assert [c.name for c in routine.ood_criterion] == ["Energy", "MSP"]
+
+
+def test_assigning_a_post_processing_rebinds_the_criteria_that_score_with_it():
+    first, second = CountingPostProcessing(), CountingPostProcessing()
+    routine = ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=first, ood_criterion="deup")
+    routine.post_processing = second
+    assert routine.ood_criterion.post_processing is second
+    assert second.model is routine.model
+
+
+def test_a_criterion_with_its_own_fitted_deup_scores_with_it_without_a_routine_post_processing():
+    datamodule = BlobDataModule()
+    model = trained_mlp()
+    deup = DEUP(model=model, max_epochs=3, progress=False).fit(
+        datamodule.postprocess_dataloader(), datamodule.train_eval_dataloader()
+    )
+    routine = ClassificationRoutine(model, NUM_CLASSES, eval_ood=True, ood_criterion=DEUPCriterion(deup))
+    values = run_test(routine, datamodule)
+    x = torch.cat([datamodule.sets["test"][0], datamodule.sets["far"][0]])
+    is_ood = np.r_[np.zeros(len(datamodule.sets["test"][0])), np.ones(len(datamodule.sets["far"][0]))]
+    assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, deup(x).numpy()), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "deup_kwargs", "expected"),
+    [
+        (["msp", "knn"], {}, None),  # DEUP unused, no criterion reads layer statistics
+        (["msp", "layer_stats"], None, "auto"),
+        (["deup"], {}, "auto"),  # the default DEUP's layer evidence
+        (["deup"], {"layers": ["1"]}, ["1"]),
+        (["deup"], {"layer_weight": 0.0}, None),
+        (["deup", "layer_stats"], {"layer_weight": 0.0}, "auto"),
+    ],
+)
+def test_layer_statistics_are_recorded_only_when_something_reads_them(criteria, deup_kwargs, expected):
+    post = None if deup_kwargs is None else DEUP(**deup_kwargs)
+    routine = ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=post, ood_criterion=criteria)
+    assert routine.layers == expected
+
+
+def test_a_routine_that_reads_no_layer_statistics_collects_none():
+    model = nn.Sequential(
+        nn.Unflatten(1, (2, 1, 1)),
+        nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    ).eval()
+    post = CountingPostProcessing()
+    routine = ClassificationRoutine(model, NUM_CLASSES, post_processing=post, ood_criterion=["deup", "knn"])
+    run_test(routine, BlobDataModule())
+    assert post.fitted_layer_stats is None
+    routine = ClassificationRoutine(
+        model, NUM_CLASSES, post_processing=post, ood_criterion=["deup", "layer_stats"]
+    )
+    routine.refit = True
+    run_test(routine, BlobDataModule())
+    assert post.fitted_layer_stats.shape == (150, 16)  # 8 channels' means and deviations
+
+
+def test_repeated_ood_set_names_raise():
+    datamodule = BlobDataModule(ood_sets=("far", "near"))
+    datamodule.ood_names = ["far", "far"]
+    with pytest.raises(ValueError, match=r"`ood_names` \['far', 'far'\] repeat a name"):
+        run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True), datamodule)
+
+
+def test_num_classes_unlike_the_models_logits_raises_a_named_error():
+    with pytest.raises(
+        ValueError, match=r"logits of shape \(64, 3\), but the routine was built with num_classes=5"
+    ):
+        run_test(ClassificationRoutine(trained_mlp(), 5), BlobDataModule(ood_sets=()))
 
 
 # ----------------------------------------------------------------------------- training

@@ -19,13 +19,16 @@ class OODCriterion(ABC):
 
     - ``needs_fit``: call ``fit`` on the training split's outputs and targets before scoring;
     - ``needs_post_processing``: set the ``post_processing`` attribute (a fitted estimator whose
-      ``score_outputs`` gives the score) before scoring.
+      ``score_outputs`` gives the score) before scoring;
+    - ``needs_layer_stats``: the outputs must carry ``layer_stats`` (recorded only when something
+      reads them).
     """
 
     #: short display name, e.g. in metric tables
     name: ClassVar[str]
     needs_fit: ClassVar[bool] = False
     needs_post_processing: ClassVar[bool] = False
+    needs_layer_stats: ClassVar[bool] = False
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> OODCriterion:
         """Learn from the training split's outputs; nothing to learn unless ``needs_fit``."""

@@ -137,6 +137,7 @@ class LayerStatisticsCriterion(FeatureCriterion):
     """
 
     name = "LayerStats"
+    needs_layer_stats = True
 
     def make_extractor(self) -> FeatureExtractor:
         return LayerStatistics()

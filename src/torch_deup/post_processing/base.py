@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from torch_deup.outputs import ModelOutputs, OutputCapture, evaluating, model_input
+from torch_deup.outputs import ModelOutputs, OutputCapture, evaluating, model_input, normalize_layers
 
 
 class PostProcessing(ABC):
@@ -25,6 +25,17 @@ class PostProcessing(ABC):
         self.model = model
         #: the layers whose feature-map statistics the base model's outputs carry (OutputCapture)
         self.layers = layers
+
+    @property
+    def needs_layer_stats(self) -> bool:
+        """Whether fitting or scoring reads ``ModelOutputs.layer_stats``: outputs carry the
+        statistics of ``layers`` only then (an ImageNet ResNet's take more room than its embedding)."""
+        return False
+
+    @property
+    def recorded_layers(self) -> str | list[str] | None:
+        """The ``layers`` to record in the outputs this estimator reads: ``None`` when it reads none."""
+        return normalize_layers(self.layers) if self.needs_layer_stats else None
 
     def set_model(self, model: nn.Module) -> None:
         """Attach the base model (the evaluation routine does this for you)."""
@@ -64,7 +75,7 @@ class PostProcessing(ABC):
         """One forward pass of the base model, logits and embedding captured together."""
         model = self._require_model()
         with torch.no_grad(), evaluating(model):
-            return OutputCapture(model, self.layers)(model_input(model, x))
+            return OutputCapture(model, self.recorded_layers)(model_input(model, x))
 
     def __call__(self, x: Tensor) -> Tensor:
         """Uncertainty scores for raw inputs: one forward pass of the base model, then the scorer."""

@@ -36,7 +36,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    tail of the training data's features as it ranks in-distribution inputs there, mostly as
    safe; the gate ranks them as likely OOD.
 7. With outputs that carry intermediate feature-map statistics (``ModelOutputs.layer_stats``,
-   recorded by default for a model with ``nn.Sequential`` stages), the distance of those statistics
+   recorded for a model with ``nn.Sequential`` stages whenever this step is on, as it is by
+   default; :attr:`needs_layer_stats` says so), the distance of those statistics
    from the training split's (:class:`~torch_deup.features.layers.LayerStatistics`) sees noise,
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
@@ -425,6 +426,15 @@ class DEUP(PostProcessing):
     def is_fitted(self) -> bool:
         return self.g_ is not None
 
+    @property
+    def needs_layer_stats(self) -> bool:
+        """Fitted: whether it was fitted with the layer evidence or gate (or a feature reads the
+        statistics); before that, whether its parameters ask for them."""
+        if self.g_ is not None:
+            return self.layer_ is not None or any(f.needs_layer_stats for f in self.features_)
+        asks = self.task == "classification" and (self.layer_gate or self.layer_weight > 0)
+        return asks or any(f.needs_layer_stats for f in self.features or [])
+
     def _check_fitted(self) -> None:
         if self.g_ is None:
             raise NotFittedError(
@@ -480,7 +490,9 @@ class DEUP(PostProcessing):
         return knn
 
     def _collect(self, loader: Iterable, desc: str) -> tuple[ModelOutputs, Tensor]:
-        return collect_outputs(self._require_model(), loader, self.device, self.progress, desc, self.layers)
+        return collect_outputs(
+            self._require_model(), loader, self.device, self.progress, desc, self.recorded_layers
+        )
 
     def fit(self, cal_loader: Iterable, train_loader: Iterable | None = None) -> DEUP:
         """Run the base model once over ``cal_loader`` (and ``train_loader``), then fit ``g``.

@@ -93,27 +93,52 @@ class ClassificationRoutine(LightningModule):
         self.num_classes = num_classes
         self.loss = loss
         self.eval_ood = eval_ood
+        self._layers = normalize_layers(layers)
+        self._criteria: list[OODCriterion] = []
         self.post_processing = post_processing
-        if post_processing is not None and post_processing.model is None:
-            post_processing.set_model(model)
         self.ood_criterion = ood_criterion
         self.optim_recipe = optim_recipe
         self.ood_cost = ood_cost
         self.refit = refit
-        layers = normalize_layers(layers)
-        post_layers = normalize_layers(getattr(post_processing, "layers", layers))
-        if layers == "auto":
-            layers = post_layers  # the routine's outputs must carry what the post-processing reads
-        elif post_layers != layers:
-            raise ValueError(
-                f"The routine records the statistics of layers {layers!r} but the post-processing reads "
-                f"{post_layers!r}. Give both the same `layers`."
-            )
-        self.layers = layers
-        self._capture = OutputCapture(model, layers)
+        self._capture: OutputCapture | None = None  # built at test start, for what the criteria read
         self.val_acc = MeanMetric()
         self.test_metrics: EvaluationMetrics | None = None
         self.flops_: int | None = None
+
+    @property
+    def post_processing(self) -> PostProcessing | None:
+        """The post-processing that criteria declaring ``needs_post_processing`` score with.
+        Assigning one binds it to them (and the routine's model to it, if it has none)."""
+        return self._post_processing
+
+    @post_processing.setter
+    def post_processing(self, post: PostProcessing | None) -> None:
+        if post is not None:
+            post_layers = normalize_layers(post.layers)
+            if self._layers != "auto" and post_layers != self._layers:
+                raise ValueError(
+                    f"The routine records the statistics of layers {self._layers!r} but the "
+                    f"post-processing reads {post_layers!r}. Give both the same `layers`."
+                )
+            if post.model is None:
+                post.set_model(self.model)
+            for criterion in self._criteria:
+                if criterion.needs_post_processing:
+                    criterion.post_processing = post
+        self._post_processing = post
+
+    @property
+    def layers(self) -> str | list[str] | None:
+        """The layers whose feature-map statistics the outputs carry: ``layers`` as given; under
+        ``"auto"``, the post-processing's when a criterion reads them through it, ``"auto"`` when
+        only a criterion reads them (``"layer_stats"``), ``None`` when nothing does."""
+        if self._layers != "auto":
+            return self._layers
+        posts = [c.post_processing for c in self._criteria if c.needs_post_processing]
+        reading = [post for post in posts if post is not None and post.needs_layer_stats]
+        if reading:
+            return normalize_layers(reading[0].layers)
+        return "auto" if any(c.needs_layer_stats for c in self._criteria) else None
 
     @property
     def ood_criterion(self) -> OODCriterion | list[OODCriterion]:
@@ -131,14 +156,18 @@ class ClassificationRoutine(LightningModule):
                 f"distinct names, but got names {names}. Each name labels a column of the tables."
             )
         for criterion in criteria:
-            if criterion.needs_post_processing:
-                if self.post_processing is None:
-                    raise ValueError(
-                        f"The OOD criterion {criterion.name!r} scores with a post-processing method, "
-                        "but `post_processing` is None. Pass post_processing=DEUP(...) to the routine, "
-                        "or choose an output-based criterion such as 'msp'."
-                    )
+            if not criterion.needs_post_processing:
+                continue
+            if self.post_processing is not None:
                 criterion.post_processing = self.post_processing
+            elif getattr(criterion, "post_processing", None) is None:
+                raise ValueError(
+                    f"The OOD criterion {criterion.name!r} scores with a post-processing method, "
+                    "but `post_processing` is None. Pass post_processing=DEUP(...) to the routine, "
+                    "or choose an output-based criterion such as 'msp'."
+                )
+            elif criterion.post_processing.model is None:  # the criterion's own, without a model
+                criterion.post_processing.set_model(self.model)
         self._criteria, self._several_criteria = criteria, several
 
     def forward(self, x: Tensor) -> Tensor:
@@ -174,6 +203,7 @@ class ClassificationRoutine(LightningModule):
         # fitting may train (DEUP's error predictor), which Lightning's inference mode forbids
         with torch.inference_mode(False):
             self._fit_components()
+        self._capture = OutputCapture(self.model, self.layers)
         names = [criterion.name for criterion in self._criteria]
         metrics = EvaluationMetrics(max(self.num_classes, 2), names, ood_sets, self.ood_cost)
         self.test_metrics = metrics.to(self.device)
@@ -184,6 +214,12 @@ class ClassificationRoutine(LightningModule):
             return
         x, targets = split_batch(batch)
         outputs, scores = self._forward_and_score(x)
+        if outputs.logits.ndim != 2 or outputs.logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"The model returns logits of shape {tuple(outputs.logits.shape)}, but the routine was "
+                f"built with num_classes={self.num_classes}. Pass the number of logits the model "
+                "returns per sample (1 for a single-logit binary model)."
+            )
         probs = class_probabilities(outputs.logits.float())
         if dataloader_idx == 0:
             self.test_metrics.update_id(probs, targets, scores)
@@ -222,27 +258,38 @@ class ClassificationRoutine(LightningModule):
                 "or pass eval_ood=False to the routine."
             )
         names = list(getattr(self.trainer.datamodule, "ood_names", None) or [])
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"The datamodule's `ood_names` {names} repeat a name: each names the metrics of one "
+                "OOD set, so a repeated one would overwrite another's. Give each set its own name."
+            )
         return names if len(names) == num_sets else [f"ood{i}" for i in range(1, num_sets + 1)]
 
-    def _post_processing_to_fit(self) -> PostProcessing | None:
-        used = any(criterion.needs_post_processing for criterion in self._criteria)
-        post = self.post_processing
-        return post if used and post is not None and (self.refit or not post.is_fitted) else None
+    def _post_processings_to_fit(self) -> list[PostProcessing]:
+        """Each distinct post-processing some criterion scores with, if unfitted (or ``refit``)."""
+        posts: list[PostProcessing] = []
+        for criterion in self._criteria:
+            post = criterion.post_processing if criterion.needs_post_processing else None
+            if post is not None and (self.refit or not post.is_fitted) and all(post is not p for p in posts):
+                posts.append(post)
+        return posts
 
     def _fit_components(self) -> None:
         criteria = [c for c in self._criteria if c.needs_fit and (self.refit or not c.fitted)]
-        post = self._post_processing_to_fit()
-        if not criteria and post is None:
+        posts = self._post_processings_to_fit()
+        if not criteria and not posts:
             return
         datamodule = self._fitting_datamodule()
         train: tuple[ModelOutputs | None, Tensor | None] = (None, None)
-        if criteria or post.uses_train_data:
+        if criteria or any(post.uses_train_data for post in posts):
             train = self._collect(_train_eval_loader(datamodule), "Training-split outputs")
         for criterion in criteria:
             criterion.fit(*train)
-        if post is not None:
+        if posts:
             cal_loader = getattr(datamodule, "postprocess_dataloader", datamodule.val_dataloader)()
-            post.fit_outputs(*self._collect(cal_loader, "Post-processing outputs"), *train)
+            cal = self._collect(cal_loader, "Post-processing outputs")
+            for post in posts:
+                post.fit_outputs(*cal, *train)
 
     def _fitting_datamodule(self) -> LightningDataModule:
         if self.trainer.datamodule is None:

@@ -95,9 +95,13 @@ def write_cifar_official(
     return train, train_labels, test, test_labels
 
 
-def write_cifar_folders(root: Path, num_classes: int = 10, per_class: int = 4) -> list[str]:
-    """``root/cifar10/{train,test}/<class>/*.png`` (``cifar100`` when ``num_classes=100``)."""
-    classes = CIFAR10_CLASSES if num_classes == 10 else [f"class{i:03d}" for i in range(num_classes)]
+def write_cifar_folders(
+    root: Path, num_classes: int = 10, per_class: int = 4, classes: list[str] | None = None
+) -> list[str]:
+    """``root/cifar10/{train,test}/<class>/*.png`` (``cifar100`` when ``num_classes=100``);
+    ``classes`` names the folder of each label (default: the official names)."""
+    if classes is None:
+        classes = CIFAR10_CLASSES if num_classes == 10 else [f"class{i:03d}" for i in range(num_classes)]
     folder = root / ("cifar10" if num_classes == 10 else "cifar100")
     for split, n, seed in [("train", per_class, 1), ("test", 2, 2)]:
         labels = [i % num_classes for i in range(n * num_classes)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from torch_deup.datamodules import CIFAR100_MEAN, CIFAR10DataModule, CIFAR100DataModule
+from torch_deup.datamodules import CIFAR100_MEAN, CIFAR100_STD, CIFAR10DataModule, CIFAR100DataModule
 
 from .conftest import (
     CIFAR10_CLASSES,
@@ -102,6 +102,29 @@ def test_wrong_number_of_class_folders_is_refused(tmp_path, cache_dir):
     (tmp_path / "cifar10" / "train" / "truck").rename(tmp_path / "truck")
     dm = CIFAR10DataModule(tmp_path, batch_size=8, cache_dir=cache_dir)
     with pytest.raises(ValueError, match=r"Expected 10 class folders .* but found 9"):
+        dm.setup()
+
+
+def test_numbered_class_folders_take_their_number_as_label(tmp_path, cache_dir):
+    write_cifar_folders(tmp_path, classes=[str(label) for label in range(10)])
+    dm = CIFAR10DataModule(tmp_path, batch_size=16, cache_dir=cache_dir, augment=False)
+    y, marker = labels_and_markers(dm.train_dataloader())
+    assert torch.equal(y, marker)
+
+
+def test_numbered_cifar100_folders_are_read_in_numeric_order(tmp_path, cache_dir):
+    # as strings, "10" sorts before "2": the labels would be permuted
+    write_cifar_folders(tmp_path, num_classes=100, per_class=1, classes=[str(i) for i in range(100)])
+    dm = CIFAR100DataModule(tmp_path, batch_size=256, cache_dir=cache_dir, augment=False)
+    x, y = next(iter(dm.train_dataloader()))
+    mean, std = CIFAR100_MEAN[0], CIFAR100_STD[0]
+    assert torch.equal(((x[:, 0, 0, 0] * std + mean) * 255).round().long(), y)
+
+
+def test_cifar10_folders_under_other_names_are_refused(tmp_path, cache_dir):
+    write_cifar_folders(tmp_path, classes=[name.replace("automobile", "car") for name in CIFAR10_CLASSES])
+    dm = CIFAR10DataModule(tmp_path, batch_size=8, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=r"expected the official names .* or the label numbers 0-9"):
         dm.setup()
 
 

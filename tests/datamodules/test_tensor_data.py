@@ -1,8 +1,10 @@
 import itertools
+import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from torch_deup.datamodules.tensor_data import (
     ImageTensors,
@@ -26,6 +28,32 @@ def test_load_flat_image_folder_reads_sorted_files_without_labels(tmp_path):
     assert len(list((tmp_path / "cache").glob("ood-*.pt"))) == 1
     again = load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
     assert torch.equal(again.images, images)
+
+
+def test_an_image_rewritten_at_the_same_size_is_decoded_again(tmp_path):
+    (tmp_path / "ood").mkdir()
+    path = tmp_path / "ood" / "0.png"
+    first, second = coded_images([0, 1], seed=0)
+
+    def write(image: torch.Tensor, mtime_ns: int) -> None:
+        # uncompressed: the file's size depends on the image's shape only
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, compress_level=0)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    write(first, 10**18)
+    size = path.stat().st_size
+    load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
+    write(second, 10**18 + 10**9)
+    assert path.stat().st_size == size
+    again = load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
+    assert torch.equal(again.images[0], second)
+
+
+def test_an_undecodable_image_is_named(tmp_path):
+    write_flat_folder(tmp_path / "ood", coded_images([0], seed=0))
+    (tmp_path / "ood" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"Could not decode the image .*broken\.jpg"):
+        load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_load_flat_image_folder_without_images_says_so(tmp_path):

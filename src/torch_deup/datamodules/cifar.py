@@ -59,6 +59,9 @@ def _download_cifar100(root: Path) -> None:
     torchvision.datasets.CIFAR100(str(root), train=True, download=True)
 
 
+#: the official label order (alphabetical, as CIFAR-100's fine labels are)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 CIFAR10_SOURCE = DataSource(
     name="CIFAR-10",
     layouts=(
@@ -70,7 +73,7 @@ CIFAR10_SOURCE = DataSource(
             "batches.meta",
             "label_names",
         ),
-        image_folder_layout("cifar10", ("train", "test"), num_classes=10),
+        image_folder_layout("cifar10", ("train", "test"), num_classes=10, names=CIFAR10_CLASSES),
     ),
     download=_download_cifar10,
     how_to_get=_how_to_get("cifar10"),

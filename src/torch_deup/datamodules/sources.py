@@ -5,7 +5,7 @@ Finding the data and explaining its absence live here once, for CIFAR-10, CIFAR-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +61,14 @@ class DataSource:
         return "\n".join(lines)
 
 
-def image_folder_layout(folder: str, splits: tuple[str, ...], num_classes: int) -> Layout:
-    """``root/<folder>/<split>/<class>/*`` image folders, one class folder per label (sorted names)."""
+def image_folder_layout(
+    folder: str, splits: tuple[str, ...], num_classes: int, names: Sequence[str] | None = None
+) -> Layout:
+    """``root/<folder>/<split>/<class>/*`` image folders, one class folder per label (sorted names,
+    numeric for numbered folders). With ``names`` (the official class names in label order), the
+    folders must be named by them or by the label numbers: other names could not be matched to
+    the official labels."""
+    numbers = [str(label) for label in range(num_classes)]
 
     def read(root: Path, cache_dir: str | Path | None) -> tuple[ImageTensors, ...]:
         sets = tuple(load_image_folder(root / folder / split, cache_dir) for split in splits)
@@ -71,6 +77,12 @@ def image_folder_layout(folder: str, splits: tuple[str, ...], num_classes: int) 
                 raise ValueError(
                     f"Expected {num_classes} class folders under {root / folder / split}, but found "
                     f"{len(data.classes)}: {data.classes}."
+                )
+            if names is not None and data.classes not in (list(names), numbers):
+                raise ValueError(
+                    f"The class folders under {root / folder / split} are {data.classes}: expected the "
+                    f"official names {list(names)} or the label numbers 0-{num_classes - 1}, so that "
+                    "each folder's label is the official one. Rename the folders."
                 )
         return sets
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from tqdm.auto import tqdm
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what torchvision.io decodes
 
 
 @dataclass
@@ -40,8 +40,11 @@ def default_cache_dir() -> Path:
 
 
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files of a ``root/<class>/<image>`` tree, classes in sorted folder order."""
+    """Files of a ``root/<class>/<image>`` tree, classes in sorted folder order: numeric order when
+    every folder is named by a number (``2`` before ``10``, so folders ``0..99`` are labels 0..99)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if classes and all(name.isdecimal() for name in classes):
+        classes.sort(key=int)
     files, targets = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
@@ -61,8 +64,8 @@ def load_image_folder(
 ) -> ImageTensors:
     """Decode every image of ``root/<class>/*`` into one uint8 tensor, cached on disk.
 
-    The cache key covers the folder's path, file names and sizes, so editing the folder
-    invalidates it. All images must share one size.
+    The cache key covers the folder's path and each file's name, size and modification time, so
+    editing the folder invalidates it. All images must share one size.
 
     Example:
         >>> data = load_image_folder("../shared/data/cifar10/test")  # doctest: +SKIP
@@ -101,6 +104,15 @@ def load_flat_image_folder(
     return _decode_cached(root, files, [-1] * len(files), [], cache_dir, progress)
 
 
+def _decode(path: Path) -> Tensor:
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise ValueError(
+            f"Could not decode the image {path}: {error}. Re-save it as JPEG or PNG, or remove it."
+        ) from error
+
+
 def _decode_cached(
     root: Path,
     files: list[Path],
@@ -112,7 +124,8 @@ def _decode_cached(
     """Decode ``files`` into one uint8 tensor, or read it back from the cache keyed on the listing."""
     key = hashlib.sha1(str(root).encode())
     for path in files:
-        key.update(f"{path.relative_to(root)}:{path.stat().st_size};".encode())
+        stat = path.stat()
+        key.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_file = cache / f"{root.name}-{key.hexdigest()[:16]}.pt"
     if cache_file.exists():
@@ -122,10 +135,7 @@ def _decode_cached(
         # torchvision 0.29 deprecates its decoders for torchcodec's; they are still the fastest
         # decoder a torchvision install is sure to have, and run once per folder (then cached).
         warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
-        decoded = [
-            decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-            for path in tqdm(files, desc=f"Decoding {root.name}", disable=not progress)
-        ]
+        decoded = [_decode(path) for path in tqdm(files, desc=f"Decoding {root.name}", disable=not progress)]
     shapes = {tuple(img.shape) for img in decoded}
     if len(shapes) != 1:
         raise ValueError(f"Images under {root} have different sizes {sorted(shapes)}; resize them first.")

@@ -125,3 +125,21 @@ def test_tables_sort_rows_and_title_multi_column_tables():
     assert list(calibration.columns[0].cells) == ["SmECE", "aECE"]  # Python's sort, as in the tutorial
     assert calibration.title is None
     assert (ood.title, ood.columns[1].header) == ("OOD Detection: svhn", "MSP")
+
+
+def test_ood_tables_follow_the_order_of_the_sets_not_the_alphabet():
+    tables = results_tables({"ood_near/MSP/AUROC": 0.5, "ood_far/MSP/AUROC": 0.9, "test/cls/Acc": 0.8})
+    assert [table.title or table.columns[1].header for table in tables] == [
+        "Classification",
+        "OOD Detection: near",
+        "OOD Detection: far",
+    ]
+
+
+def test_test_takes_lightnings_positional_arguments(capsys):
+    datamodule = BlobDataModule(ood_sets=())
+    trainer = TUTrainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES)
+    results = trainer.test(routine, datamodule.test_dataloader(), None, False)
+    assert 0 <= results[0]["test/cls/Acc"] <= 1
+    assert "Classification" not in capsys.readouterr().out  # verbose=False, given by position

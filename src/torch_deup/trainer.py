@@ -24,8 +24,8 @@ def merge_results(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 def results_tables(metrics: dict[str, float]) -> list[Table]:
-    """One rich table per metric group (and per OOD set), rows sorted by name, one column per
-    criterion.
+    """One rich table per metric group (and per OOD set, in the order the metrics name them), rows
+    sorted by name, one column per criterion.
 
     Example:
         >>> tables = results_tables({"test/cls/Acc": 0.9, "ood/AUROC": 0.8})
@@ -37,7 +37,8 @@ def results_tables(metrics: dict[str, float]) -> list[Table]:
         rank, title, column, name = parse_key(key)
         cells.setdefault((rank, title), {}).setdefault(column, {})[name] = format_metric(name, value)
     tables = []
-    for (_, title), columns in sorted(cells.items()):
+    # by group rank only: a stable sort keeps the OOD sets in their own order, not alphabetical
+    for (_, title), columns in sorted(cells.items(), key=lambda item: item[0][0]):
         table = Table(
             Column("Test metric", style="cyan"),
             *(Column(name, justify="center", style="magenta") for name in columns),
@@ -97,8 +98,24 @@ class TUTrainer(Trainer):
         self.results_path = None if results_path is None else check_results_path(results_path)
         self.last_results: list[dict[str, float]] = []
 
-    def test(self, *args: Any, verbose: bool = True, **kwargs: Any) -> list[dict[str, float]]:
-        results = super().test(*args, verbose=False, **kwargs)
+    def test(
+        self,
+        model: Any = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: Any = None,
+        **kwargs: Any,
+    ) -> list[dict[str, float]]:
+        """Lightning's ``test`` (same arguments), then the metric tables when ``verbose``."""
+        results = super().test(
+            model=model,
+            dataloaders=dataloaders,
+            ckpt_path=ckpt_path,
+            verbose=False,
+            datamodule=datamodule,
+            **kwargs,
+        )
         self.last_results = results
         if self.is_global_zero:
             if verbose:

@@ -153,3 +153,11 @@ def test_collect_outputs_runs_in_eval_mode_and_restores_the_mode_and_the_device(
     assert torch.equal(first.logits, second.logits)  # no dropout noise
     assert model.training
     assert moves == [("cpu",), (torch.device("cpu"),)] * 2  # there and back, each time
+
+
+def test_collecting_keeps_a_submodule_the_user_froze_in_eval_mode():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    model.train()
+    model[1].eval()  # a frozen batch norm inside a model being trained
+    collect_outputs(model, [(torch.randn(5, 4), torch.zeros(5))], progress=False)
+    assert [m.training for m in model] == [True, False, True]

@@ -304,7 +304,8 @@ def evaluating(model: nn.Module, device: torch.device | str | None = None) -> It
     """``model`` in eval mode, and on ``device`` if given, inside the block; its mode and device
     are restored after it, so collecting outputs leaves a model mid-training as it was (dropout and
     batch-norm statistics in train mode would make scores random and change the model)."""
-    was_training = model.training
+    # each module's own mode: a user may keep some (a frozen batch norm) in eval mode on purpose
+    modes = [(module, module.training) for module in model.modules()]
     home = next(model.parameters(), None)
     if device is not None:
         model.to(device)
@@ -312,7 +313,8 @@ def evaluating(model: nn.Module, device: torch.device | str | None = None) -> It
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         if device is not None and home is not None:
             model.to(home.device)
 

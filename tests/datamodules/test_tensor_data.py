@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 
 from torch_deup.datamodules.tensor_data import (
     ImageTensors,
@@ -49,6 +50,13 @@ def test_an_image_rewritten_at_the_same_size_is_decoded_again(tmp_path):
     assert torch.equal(again.images[0], second)
 
 
+def test_images_torchvision_cannot_decode_are_refused_by_name(tmp_path):
+    write_flat_folder(tmp_path / "ood", coded_images([0], seed=0))
+    Image.new("RGB", (32, 32)).save(tmp_path / "ood" / "x.bmp")
+    with pytest.raises(ValueError, match=r"1 images cannot be decoded .* e\.g\. .*x\.bmp\. Convert"):
+        load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
+
+
 def test_an_undecodable_image_is_named(tmp_path):
     write_flat_folder(tmp_path / "ood", coded_images([0], seed=0))
     (tmp_path / "ood" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -70,11 +78,13 @@ def test_channel_stats_matches_numpy_over_several_chunks():
     np.testing.assert_allclose(std, reference.std(axis=(0, 2, 3)), rtol=1e-10)
 
 
-def augmented_batches(seed: int, num_workers: int) -> list[torch.Tensor]:
+def augmented_batches(seed: int, num_workers: int, subset: bool = False) -> list[torch.Tensor]:
     """Four augmented batches of one image repeated 64 times: all differences are augmentation."""
     image = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(1, 3, 8, 8)
     data = ImageTensors(image.expand(64, -1, -1, -1).clone(), torch.zeros(64, dtype=torch.long), ["a"])
     dataset = TensorImageDataset(data, (0.5,) * 3, (0.25,) * 3, augment=True, padding=2)
+    if subset:  # a Subset forwards whole-batch fetches to the dataset, and hides its generator
+        dataset = Subset(dataset, range(64))
     return [x for x, _ in batch_loader(dataset, 16, seed=seed, num_workers=num_workers)]
 
 
@@ -84,3 +94,5 @@ def test_workers_draw_their_own_augmentations_reproducibly_under_a_seed():
     assert not any(torch.equal(a, b) for a, b in itertools.pairwise(batches))
     assert all(torch.equal(a, b) for a, b in zip(batches, augmented_batches(0, 2), strict=True))
     assert not torch.equal(batches[0], augmented_batches(1, 2)[0])
+    subset = augmented_batches(0, num_workers=2, subset=True)
+    assert not any(torch.equal(a, b) for a, b in itertools.pairwise(subset))

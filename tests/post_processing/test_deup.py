@@ -157,6 +157,14 @@ def test_fit_leaves_the_global_random_stream_as_it_found_it():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_fit_leaves_the_cuda_generators_alone(monkeypatch):
+    outputs, targets = collect_outputs(mlp(), loader(), progress=False)
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    DEUP(**FAST).fit_outputs(outputs, targets)
+    assert calls == []
+
+
 def test_fit_and_scoring_run_a_model_in_train_mode_in_eval_mode_and_leave_it_as_it_was():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3))

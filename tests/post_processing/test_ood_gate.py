@@ -312,11 +312,15 @@ def test_deup_records_layer_statistics_only_when_it_reads_them():
     reading = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     assert reading.layer_ is not None
     assert reading.recorded_layers == "auto"
-    # without training outputs there is no evidence to fit: once fitted, nothing reads them
+    # fitted without training outputs, there is no evidence, but the parameters still ask for it:
+    # a refit with them must record the statistics again
     alone = DEUP(model=model, **LAYER).fit(image_loader(90, 0))
     assert alone.layer_ is None
-    assert alone.recorded_layers is None
-    assert alone.model_outputs(torch.randn(4, 1, 5, 5)).layer_stats is None
+    assert alone.fit(image_loader(90, 0), image_loader(150, 1)).layer_ is not None
+    # a loaded estimator fitted with the evidence reads them whatever its parameters say
+    reading.layer_weight = 0.0
+    assert reading.recorded_layers == "auto"
+    assert DEUP(model=model, layer_weight=0.0).model_outputs(torch.randn(4, 1, 5, 5)).layer_stats is None
 
 
 def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_one(tmp_path):

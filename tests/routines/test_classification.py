@@ -107,6 +107,30 @@ def test_a_criterion_with_its_own_fitted_deup_scores_with_it_without_a_routine_p
     assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, deup(x).numpy()), abs=1e-6)
 
 
+def test_a_criterion_with_its_own_unfitted_deup_gets_it_fitted_by_the_routine():
+    datamodule = BlobDataModule()
+    model = trained_mlp()
+    own = DEUP(max_epochs=3, progress=False)
+    routine = ClassificationRoutine(model, NUM_CLASSES, eval_ood=True, ood_criterion=DEUPCriterion(own))
+    values = run_test(routine, datamodule)
+    assert own.is_fitted
+    assert own.model is model
+    direct = DEUP(model=model, max_epochs=3, progress=False)
+    direct.fit(datamodule.postprocess_dataloader(), datamodule.train_eval_dataloader())
+    x = torch.cat([datamodule.sets["test"][0], datamodule.sets["far"][0]])
+    is_ood = np.r_[np.zeros(len(datamodule.sets["test"][0])), np.ones(len(datamodule.sets["far"][0]))]
+    assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, direct(x).numpy()), abs=1e-6)
+
+
+def test_a_criterions_own_post_processing_must_not_compete_with_the_routines_or_its_layers():
+    with pytest.raises(ValueError, match="holds its own post-processing and the routine another"):
+        ClassificationRoutine(
+            make_mlp(), NUM_CLASSES, post_processing=DEUP(), ood_criterion=DEUPCriterion(DEUP())
+        )
+    with pytest.raises(ValueError, match="Give both the same `layers`"):
+        ClassificationRoutine(make_mlp(), NUM_CLASSES, layers=["0"], ood_criterion=DEUPCriterion(DEUP()))
+
+
 @pytest.mark.parametrize(
     ("criteria", "deup_kwargs", "expected"),
     [

@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from tqdm.auto import tqdm
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what torchvision.io decodes
+#: image files it cannot decode: refused by name rather than skipped as if they were not images
+UNSUPPORTED_SUFFIXES = (".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -39,6 +41,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("TORCH_DEUP_CACHE", Path.home() / ".cache" / "torch_deup"))
 
 
+def _image_files(paths: Iterable[Path]) -> list[Path]:
+    """The decodable image files among ``paths``, sorted; an image torchvision cannot decode raises."""
+    files = sorted(p for p in paths if p.is_file())
+    unsupported = [p for p in files if p.suffix.lower() in UNSUPPORTED_SUFFIXES]
+    if unsupported:
+        raise ValueError(
+            f"{len(unsupported)} images cannot be decoded ({', '.join(UNSUPPORTED_SUFFIXES)}), e.g. "
+            f"{unsupported[0]}. Convert them to PNG or JPEG ({', '.join(IMAGE_SUFFIXES)} are read)."
+        )
+    return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """Files of a ``root/<class>/<image>`` tree, classes in sorted folder order: numeric order when
     every folder is named by a number (``2`` before ``10``, so folders ``0..99`` are labels 0..99)."""
@@ -47,10 +61,9 @@ def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
         classes.sort(key=int)
     files, targets = [], []
     for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(path)
-                targets.append(label)
+        images = _image_files((root / name).iterdir())
+        files += images
+        targets += [label] * len(images)
     if not files:
         raise FileNotFoundError(
             f"No images ({', '.join(IMAGE_SUFFIXES)}) found under {root}/<class>/. "
@@ -95,7 +108,7 @@ def load_flat_image_folder(
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = _image_files(root.iterdir())
     if not files:
         raise FileNotFoundError(
             f"No images ({', '.join(IMAGE_SUFFIXES)}) found directly inside {root}. "
@@ -208,7 +221,12 @@ def _seed_worker_augmentation(worker_id: int) -> None:
     # each worker holds a copy of the dataset's generator in the same state: without a seed of its
     # own, every worker would draw the same crops and flips for its batches
     info = torch.utils.data.get_worker_info()
-    info.dataset.generator.manual_seed(info.seed)
+    dataset = info.dataset
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    generator = getattr(dataset, "generator", None)  # any dataset may come through batch_loader
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(info.seed)
 
 
 def batch_loader(

@@ -241,7 +241,8 @@ def train_error_predictor(
     # g's initialisation draws from the global generator: seed a fork of it, so fitting is
     # deterministic without resetting the random stream of the user's program
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+        # the CPU generator only: torch.manual_seed would reseed every CUDA generator too
+        torch.default_generator.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
         g = make_g()
     optimizer = torch.optim.AdamW(g.parameters(), lr=lr, weight_decay=weight_decay)
     weight = _weighted(weight, len(x))
@@ -428,12 +429,13 @@ class DEUP(PostProcessing):
 
     @property
     def needs_layer_stats(self) -> bool:
-        """Fitted: whether it was fitted with the layer evidence or gate (or a feature reads the
-        statistics); before that, whether its parameters ask for them."""
-        if self.g_ is not None:
-            return self.layer_ is not None or any(f.needs_layer_stats for f in self.features_)
+        """Whether its parameters ask for the statistics (the next fit reads them), or the fitted
+        state does (scoring reads them: the layer evidence or gate, or a feature)."""
         asks = self.task == "classification" and (self.layer_gate or self.layer_weight > 0)
-        return asks or any(f.needs_layer_stats for f in self.features or [])
+        fitted = self.g_ is not None and (
+            self.layer_ is not None or any(f.needs_layer_stats for f in self.features_)
+        )
+        return asks or fitted or any(f.needs_layer_stats for f in self.features or [])
 
     def _check_fitted(self) -> None:
         if self.g_ is None:

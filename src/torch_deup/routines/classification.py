@@ -60,7 +60,9 @@ class ClassificationRoutine(LightningModule):
         ood_cost: cost of accepting an OOD sample in the SCOD metrics.
         refit: refit the post-processing and fitted criteria at every ``test`` call.
         layers: the layers whose feature-map statistics the outputs carry, as for
-            :class:`~torch_deup.outputs.OutputCapture`; ``"auto"`` follows the post-processing's.
+            :class:`~torch_deup.outputs.OutputCapture`; ``"auto"``: the post-processing's when a
+            criterion reads them through it, the model's stages when only a criterion reads them,
+            none when nothing does (see :attr:`layers`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
@@ -114,18 +116,22 @@ class ClassificationRoutine(LightningModule):
     @post_processing.setter
     def post_processing(self, post: PostProcessing | None) -> None:
         if post is not None:
-            post_layers = normalize_layers(post.layers)
-            if self._layers != "auto" and post_layers != self._layers:
-                raise ValueError(
-                    f"The routine records the statistics of layers {self._layers!r} but the "
-                    f"post-processing reads {post_layers!r}. Give both the same `layers`."
-                )
-            if post.model is None:
-                post.set_model(self.model)
+            self._adopt(post)
             for criterion in self._criteria:
                 if criterion.needs_post_processing:
                     criterion.post_processing = post
         self._post_processing = post
+
+    def _adopt(self, post: PostProcessing) -> None:
+        """Check that ``post`` reads the layers the routine records; give it the model if it has none."""
+        post_layers = normalize_layers(post.layers)
+        if self._layers != "auto" and post_layers != self._layers:
+            raise ValueError(
+                f"The routine records the statistics of layers {self._layers!r} but the "
+                f"post-processing reads {post_layers!r}. Give both the same `layers`."
+            )
+        if post.model is None:
+            post.set_model(self.model)
 
     @property
     def layers(self) -> str | list[str] | None:
@@ -158,16 +164,23 @@ class ClassificationRoutine(LightningModule):
         for criterion in criteria:
             if not criterion.needs_post_processing:
                 continue
-            if self.post_processing is not None:
-                criterion.post_processing = self.post_processing
-            elif getattr(criterion, "post_processing", None) is None:
+            own = getattr(criterion, "post_processing", None)
+            if own is None and self.post_processing is None:
                 raise ValueError(
                     f"The OOD criterion {criterion.name!r} scores with a post-processing method, "
                     "but `post_processing` is None. Pass post_processing=DEUP(...) to the routine, "
                     "or choose an output-based criterion such as 'msp'."
                 )
-            elif criterion.post_processing.model is None:  # the criterion's own, without a model
-                criterion.post_processing.set_model(self.model)
+            if own is not None and self.post_processing is not None and own is not self.post_processing:
+                raise ValueError(
+                    f"The OOD criterion {criterion.name!r} holds its own post-processing and the routine "
+                    "another. Give it to one of them only: the routine's, or the criterion's with "
+                    "post_processing=None."
+                )
+            if own is None:
+                criterion.post_processing = self.post_processing
+            else:
+                self._adopt(own)
         self._criteria, self._several_criteria = criteria, several
 
     def forward(self, x: Tensor) -> Tensor:

@@ -306,7 +306,8 @@ def evaluating(model: nn.Module, device: torch.device | str | None = None) -> It
     batch-norm statistics in train mode would make scores random and change the model)."""
     # each module's own mode: a user may keep some (a frozen batch norm) in eval mode on purpose
     modes = [(module, module.training) for module in model.modules()]
-    home = next(model.parameters(), None)
+    # the device itself: moving between devices updates the parameter objects in place
+    home = next((p.device for p in model.parameters()), None)
     if device is not None:
         model.to(device)
     model.eval()
@@ -316,7 +317,7 @@ def evaluating(model: nn.Module, device: torch.device | str | None = None) -> It
         for module, training in modes:
             module.training = training
         if device is not None and home is not None:
-            model.to(home.device)
+            model.to(home)
 
 
 @torch.no_grad()

@@ -57,6 +57,14 @@ def test_images_torchvision_cannot_decode_are_refused_by_name(tmp_path):
         load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
 
 
+def test_gif_images_are_read_as_rgb(tmp_path):
+    images = coded_images([0, 0], seed=0, size=8)
+    write_flat_folder(tmp_path / "ood", images[:1])
+    Image.fromarray(images[1].permute(1, 2, 0).numpy()).convert("L").save(tmp_path / "ood" / "x.gif")
+    data = load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
+    assert data.images.shape == (2, 3, 8, 8)
+
+
 def test_an_undecodable_image_is_named(tmp_path):
     write_flat_folder(tmp_path / "ood", coded_images([0], seed=0))
     (tmp_path / "ood" / "broken.jpg").write_bytes(b"not a jpeg")

@@ -122,13 +122,20 @@ def test_a_criterion_with_its_own_unfitted_deup_gets_it_fitted_by_the_routine():
     assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, direct(x).numpy()), abs=1e-6)
 
 
-def test_a_criterions_own_post_processing_must_not_compete_with_the_routines_or_its_layers():
-    with pytest.raises(ValueError, match="holds its own post-processing and the routine another"):
-        ClassificationRoutine(
-            make_mlp(), NUM_CLASSES, post_processing=DEUP(), ood_criterion=DEUPCriterion(DEUP())
-        )
+def test_the_routines_post_processing_wins_and_a_criterions_own_must_read_the_routines_layers():
+    routines, criterion = DEUP(), DEUPCriterion(DEUP())
+    ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=routines, ood_criterion=criterion)
+    assert criterion.post_processing is routines
+    # the same criterion in a second routine, as in a sweep over DEUP settings
+    other = DEUP(seed=1)
+    ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=other, ood_criterion=criterion)
+    assert criterion.post_processing is other
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(make_mlp(), NUM_CLASSES, layers=["0"], ood_criterion=DEUPCriterion(DEUP()))
+    # a post-processing that reads no layer statistics fits any recorded layers
+    ClassificationRoutine(
+        make_mlp(), NUM_CLASSES, layers=None, post_processing=DEUP(layer_weight=0.0), ood_criterion="deup"
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from tqdm.auto import tqdm
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # what torchvision.io decodes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")  # what torchvision.io decodes
 #: image files it cannot decode: refused by name rather than skipped as if they were not images
 UNSUPPORTED_SUFFIXES = (".bmp", ".tif", ".tiff")
 

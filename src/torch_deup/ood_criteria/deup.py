@@ -12,8 +12,9 @@ from torch_deup.post_processing.base import PostProcessing
 class DEUPCriterion(OODCriterion):
     """The score of the fitted post-processing (DEUP's error predictor ``g``) on the outputs.
 
-    The evaluation routine sets ``post_processing`` (the criterion declares
-    ``needs_post_processing``); outside a routine, pass it at construction.
+    The evaluation routine sets ``post_processing`` to its own when it has one (the criterion
+    declares ``needs_post_processing``); a routine without one fits and uses the criterion's, given
+    at construction, as is done outside a routine.
 
     Example:
         >>> import torch

@@ -110,7 +110,8 @@ class ClassificationRoutine(LightningModule):
     @property
     def post_processing(self) -> PostProcessing | None:
         """The post-processing that criteria declaring ``needs_post_processing`` score with.
-        Assigning one binds it to them (and the routine's model to it, if it has none)."""
+        Assigning one binds it to them, replacing any they held (and gives it the routine's model,
+        if it has none); while it is ``None``, such a criterion scores with its own."""
         return self._post_processing
 
     @post_processing.setter
@@ -125,7 +126,7 @@ class ClassificationRoutine(LightningModule):
     def _adopt(self, post: PostProcessing) -> None:
         """Check that ``post`` reads the layers the routine records; give it the model if it has none."""
         post_layers = normalize_layers(post.layers)
-        if self._layers != "auto" and post_layers != self._layers:
+        if self._layers != "auto" and post.needs_layer_stats and post_layers != self._layers:
             raise ValueError(
                 f"The routine records the statistics of layers {self._layers!r} but the "
                 f"post-processing reads {post_layers!r}. Give both the same `layers`."
@@ -164,23 +165,16 @@ class ClassificationRoutine(LightningModule):
         for criterion in criteria:
             if not criterion.needs_post_processing:
                 continue
-            own = getattr(criterion, "post_processing", None)
-            if own is None and self.post_processing is None:
+            if self.post_processing is not None:
+                criterion.post_processing = self.post_processing
+            elif getattr(criterion, "post_processing", None) is None:
                 raise ValueError(
                     f"The OOD criterion {criterion.name!r} scores with a post-processing method, "
                     "but `post_processing` is None. Pass post_processing=DEUP(...) to the routine, "
                     "or choose an output-based criterion such as 'msp'."
                 )
-            if own is not None and self.post_processing is not None and own is not self.post_processing:
-                raise ValueError(
-                    f"The OOD criterion {criterion.name!r} holds its own post-processing and the routine "
-                    "another. Give it to one of them only: the routine's, or the criterion's with "
-                    "post_processing=None."
-                )
-            if own is None:
-                criterion.post_processing = self.post_processing
-            else:
-                self._adopt(own)
+            else:  # the criterion's own
+                self._adopt(criterion.post_processing)
         self._criteria, self._several_criteria = criteria, several
 
     def forward(self, x: Tensor) -> Tensor:

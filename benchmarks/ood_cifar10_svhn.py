@@ -84,16 +84,30 @@ def cached_sets(saved: dict) -> dict[str, tuple[ModelOutputs, torch.Tensor]]:
     }
 
 
+def checkpoints_sha256(checkpoints: list[str]) -> str:
+    """What the cache records of the model: the hash of each checkpoint file, joined."""
+    return "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in checkpoints)
+
+
 def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
     """Outputs of the four splits (cached in ``--cache`` for this checkpoint) and the forward times."""
     cache = Path(args.cache) if args.cache else None
-    checkpoint_sha256 = "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in args.checkpoint)
+    checkpoint_sha256 = checkpoints_sha256(args.checkpoint)
+    data = str(Path(args.data).resolve())
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
-        key = (saved.get("checkpoint_sha256"), saved.get("version"), saved.get("normalization", "cifar10"))
-        if key == (checkpoint_sha256, CACHE_VERSION, args.normalization):
+        key = (
+            saved.get("checkpoint_sha256"),
+            saved.get("version"),
+            saved.get("normalization"),
+            saved.get("data"),
+        )
+        if key == (checkpoint_sha256, CACHE_VERSION, args.normalization, data):
             return cached_sets(saved), saved["times"]
-        print(f"{cache} holds another checkpoint's or normalisation's outputs, or older fields: recomputing")
+        print(
+            f"{cache} holds the outputs of another checkpoint, normalisation or data folder, or older "
+            "fields: recomputing"
+        )
     dm = data_module(args)
     model = load_model(args.checkpoint)
     loaders = {
@@ -118,6 +132,7 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
             "times": times,
             "checkpoint_sha256": checkpoint_sha256,
             "normalization": args.normalization,
+            "data": data,
             "version": CACHE_VERSION,
         }
         torch.save(saved, cache)
@@ -229,9 +244,10 @@ def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> tupl
 def run(args: argparse.Namespace) -> list[dict]:
     sets, times = collect_all(args)
     n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
+    n_test = sum(len(sets[k][1]) for k in ("test", "svhn"))
     print(
         f"outputs collected (when the cache was written): train+val in {times['train'] + times['val']:.1f} s "
-        f"({n_forward} images), {(times['test'] + times['svhn']) / 20:.3f} s per 1,000 test images"
+        f"({n_forward} images), {(times['test'] + times['svhn']) / n_test * 1000:.3f} s per 1,000 test images"
     )
     test_acc = (sets["test"][0].logits.argmax(1) == sets["test"][1]).float().mean().item()
     print(f"test accuracy {100 * test_acc:.2f}%")
@@ -241,6 +257,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(f"published protocol: DEUP calibrates on {n_cal} test images, evaluation on the rest")
     # the pass DEUP's fit needs: the reference and the calibration split
     n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
+    n_test = sum(len(sets[k][1]) for k in ("test", "svhn"))
     ensemble = sets["val"][0].members is not None
     rows = []
     # an ensemble's logits are log mean probabilities: max-logit is MSP and energy is 0

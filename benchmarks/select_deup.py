@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ood_cifar10_svhn import CACHE_VERSION, cached_sets, load_model
+from ood_cifar10_svhn import CACHE_VERSION, NORMALIZATION, cached_sets, checkpoints_sha256, load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
@@ -112,19 +112,23 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
 
 
 def synthetic_outputs(
-    data: str, checkpoints: list[str], split_seed: int = 0, n: int = 1000
+    data: str, checkpoints: list[str], split_seed: int = 0, n: int = 1000, normalization: str = "cifar10"
 ) -> dict[str, ModelOutputs]:
-    """The model's outputs on ``n`` images of each :func:`corrupt` kind, made from validation images."""
+    """The model's outputs on ``n`` images of each :func:`corrupt` kind, made from validation
+    images drawn at random, the same share of each class (the validation indices come sorted, and
+    the image folder class by class: their first ``n`` would be two classes)."""
     train = load_image_folder(f"{data}/train", progress=False)
     _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
+    _, chosen = stratified_split(train.targets[val_idx], n / len(val_idx), seed=split_seed)
     generator = torch.Generator().manual_seed(0)
-    val = train.images[val_idx[:n]]
+    val = train.images[val_idx[chosen]]
     model = load_model(checkpoints)
     outputs = {}
     for kind in SYNTHETIC:
         images = corrupt(val, kind, generator)
         tensors = type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes)
-        dataset = TensorImageDataset(tensors, CIFAR_MEAN, CIFAR_STD)
+        stats = NORMALIZATION[normalization]
+        dataset = TensorImageDataset(tensors, stats.get("mean", CIFAR_MEAN), stats.get("std", CIFAR_STD))
         outputs[kind] = collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
     return outputs
 
@@ -171,8 +175,14 @@ def main() -> None:
         raise SystemExit(
             f"{outputs} was written by an older ood_cifar10_svhn.py: run it again to refresh it."
         )
+    if saved.get("checkpoint_sha256") != checkpoints_sha256(args.checkpoint):
+        raise SystemExit(
+            f"{outputs} holds the outputs of other checkpoints than {args.checkpoint}: run "
+            "ood_cifar10_svhn.py with these checkpoints, or pass the --outputs it wrote for them."
+        )
     sets = cached_sets(saved)
-    far = synthetic_outputs(args.data, args.checkpoint)
+    # the synthetic images go through the model as its cached outputs did
+    far = synthetic_outputs(args.data, args.checkpoint, normalization=saved.get("normalization", "cifar10"))
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
     names = baselines + [f"DEUP {c}" for c in args.configs]

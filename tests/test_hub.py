@@ -50,6 +50,11 @@ def _prefixed(state: dict, prefix: str) -> dict:
             lambda s: {"state_dict": _prefixed(s, "model."), "hyper_parameters": {"lr": 0.1}}, id="lightning"
         ),
         pytest.param(lambda s: _prefixed(s, "model.module."), id="lightning-dataparallel"),
+        # a routine with a weighted loss saves the loss's weight beside the model's keys
+        pytest.param(
+            lambda s: {"state_dict": {**_prefixed(s, "model."), "loss.weight": torch.ones(2)}},
+            id="lightning-with-loss-weight",
+        ),
     ],
 )
 def test_loads_every_wrapping(tmp_path, source, wrap):
@@ -165,6 +170,13 @@ def test_hugging_face_repo_is_downloaded(tmp_path, monkeypatch, source):
         }
     ]
     _assert_same_state(target, source)
+
+
+@pytest.mark.parametrize("folder", ["./missing", "/no/such/folder", "runs/a/b"])
+def test_a_mistyped_local_folder_is_not_sent_to_the_hub(monkeypatch, folder):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=None))
+    with pytest.raises(FileNotFoundError, match=r"Checkpoint folder .* does not exist"):
+        resolve_checkpoint(folder, "ckpt.pt")
 
 
 def test_hugging_face_without_the_package_says_how_to_install(monkeypatch):

@@ -49,6 +49,11 @@ def resolve_checkpoint(
         return path
     if Path(source).is_dir():
         return resolve_checkpoint(Path(source) / filename)
+    if _looks_local(source):
+        raise FileNotFoundError(
+            f"Checkpoint folder {Path(source).resolve()} does not exist. A Hugging Face repo id reads "
+            "'owner/name'; a local `source` must be an existing folder."
+        )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as err:
@@ -61,13 +66,21 @@ def resolve_checkpoint(
     )
 
 
+def _looks_local(source: str | Path) -> bool:
+    """A path rather than a Hugging Face repo id ('owner/name', or a bare name)."""
+    text = str(source)
+    return isinstance(source, Path) or text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+
+
 def unwrap_state_dict(checkpoint: Any, model_keys: Collection[str] | None = None) -> dict[str, Tensor]:
     """The state dict inside ``checkpoint``, without ``module.``/``model.`` prefixes.
 
     A prefix is removed only when every key carries it, so a model whose own first submodule is
     called ``model`` keeps its keys when they are mixed with others; with ``model_keys`` (the
     target model's state-dict keys), not at all once every key is one of them: a model that wraps
-    its network as ``self.model`` loads its own state dict.
+    its network as ``self.model`` loads its own state dict. Also with ``model_keys``, when the keys
+    under one prefix hold every key of the model (BatchNorm's ``num_batches_tracked`` aside), those
+    are kept and the rest dropped: a Lightning routine also saves its loss's weights, for instance.
 
     Example:
         >>> ckpt = {"state_dict": {"module.w": torch.ones(1)}, "best_prec1": 91.7}
@@ -88,10 +101,17 @@ def unwrap_state_dict(checkpoint: Any, model_keys: Collection[str] | None = None
     while stripped and state and not (model_keys is not None and model_keys.issuperset(state)):
         stripped = False
         for prefix in WRAPPER_PREFIXES:
-            if all(key.startswith(prefix) for key in state):
-                state = {key[len(prefix) :]: value for key, value in state.items()}
-                stripped = True
+            under = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+            if len(under) == len(state) or (model_keys is not None and _covers(under, model_keys)):
+                state, stripped = under, True
     return state
+
+
+def _covers(state: Mapping[str, Tensor], model_keys: set[str]) -> bool:
+    """Whether ``state`` holds every key of the model (checkpoints from before PyTorch 0.4.1 lack
+    BatchNorm's ``num_batches_tracked``, which loading fills in)."""
+    needed = {key for key in model_keys if not key.endswith("num_batches_tracked")}
+    return bool(needed) and needed <= state.keys()
 
 
 def _describe(keys: list[str], what: str, limit: int = 5) -> str:

@@ -162,6 +162,11 @@ def resnet(
     CIFAR style only, without convolution bias or dropout. TorchUncertainty's own ResNet-20 uses
     convolution shortcuts, so its checkpoints do not load into it.
 
+    Unlike TorchUncertainty's: ``style`` defaults to ``"cifar"`` (its default is ``"imagenet"``;
+    pass the style, as its tutorial does), the options after ``arch`` are keyword-only, and there
+    is no ``feats_forward``: the penultimate embedding is recorded by
+    :class:`~torch_deup.outputs.OutputCapture` in the ordinary forward.
+
     Example:
         >>> model = resnet(in_channels=3, num_classes=10, arch=18, style="cifar")
         >>> model(torch.zeros(1, 3, 32, 32)).shape

@@ -34,6 +34,18 @@ def run_test(
     return trainer.test(routine, datamodule=datamodule, verbose=False)[0]
 
 
+def staged_blob_model() -> nn.Module:
+    """The blobs as 1x1 images: one convolutional stage before the last, recorded by layers="auto"."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Unflatten(1, (2, 1, 1)),
+        nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    ).eval()
+
+
 @pytest.fixture
 def counting_forward():
     """A trained MLP whose forward calls are counted."""
@@ -156,13 +168,7 @@ def test_layer_statistics_are_recorded_only_when_something_reads_them(criteria, 
 
 
 def test_a_routine_that_reads_no_layer_statistics_collects_none():
-    model = nn.Sequential(
-        nn.Unflatten(1, (2, 1, 1)),
-        nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),
-        nn.Flatten(),
-        nn.Linear(8, NUM_CLASSES),
-    ).eval()
+    model = staged_blob_model()
     post = CountingPostProcessing()
     routine = ClassificationRoutine(model, NUM_CLASSES, post_processing=post, ood_criterion=["deup", "knn"])
     run_test(routine, BlobDataModule())
@@ -429,15 +435,7 @@ def test_equal_layer_settings_in_other_spellings_are_accepted():
 
 
 def test_a_default_deup_scores_with_the_layer_evidence_of_the_routines_single_pass():
-    torch.manual_seed(0)
-    # the blobs as 1x1 images: one convolutional stage before the last, recorded by layers="auto"
-    model = nn.Sequential(
-        nn.Unflatten(1, (2, 1, 1)),
-        nn.Sequential(nn.Conv2d(2, 8, 1), nn.ReLU()),
-        nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU()),
-        nn.Flatten(),
-        nn.Linear(8, NUM_CLASSES),
-    ).eval()
+    model = staged_blob_model()
     datamodule = BlobDataModule()
     routine = ClassificationRoutine(
         model,

@@ -181,23 +181,29 @@ def conformal_evidence(cal: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(values - cal.max()) / cal.std()
 
 
+def log_evidence(t: torch.Tensor, weight: float, onset: float = 2.0) -> torch.Tensor:
+    """DEUP's log-evidence: from the onset on, relative to the larger of the onset and 1."""
+    return weight * (t.clamp_min(onset) - max(onset, 1.0))
+
+
 @pytest.mark.parametrize(
-    ("ood_prior", "layer_gate", "layer_weight", "knn_weight"),
+    ("ood_prior", "layer_gate", "layer_weight", "knn_weight", "onset"),
     [
-        (0.0, True, 0.0, 0.0),
-        (0.1, True, 0.0, 0.0),
-        (0.0, True, 0.5, 0.0),
-        (0.1, True, 0.7, 0.0),
-        (0.0, False, 0.5, 0.0),
-        (0.0, False, 0.625, 0.25),
-        (0.1, True, 0.0, 0.4),
+        (0.0, True, 0.0, 0.0, 2.0),
+        (0.1, True, 0.0, 0.0, 2.0),
+        (0.0, True, 0.5, 0.0, 0.0),
+        (0.1, True, 0.7, 0.0, 0.5),
+        (0.0, False, 0.5, 0.0, 2.0),
+        (0.0, False, 0.625, 0.25, 0.0),
+        (0.0, False, 1.0, 0.25, 2.0),
+        (0.1, True, 0.0, 0.4, 1.5),
     ],
 )
 def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_and_knn_evidence(
-    ood_prior, layer_gate, layer_weight, knn_weight
+    ood_prior, layer_gate, layer_weight, knn_weight, onset
 ):
     model = conv_net()
-    weights = {"layer_weight": layer_weight, "knn_weight": knn_weight}
+    weights = {"layer_weight": layer_weight, "knn_weight": knn_weight, "evidence_onset": onset}
     deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=layer_gate, **weights, **LAYER)
     deup.fit(image_loader(90, 0), image_loader(150, 1))
     assert isinstance(deup.layer_, LayerStatistics)
@@ -225,12 +231,17 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
     if deup.gate_ is not None:
         keep = keep * (1 - deup.gate_.predict(deup.gate_score_(outputs)[:, 0]))
     expected = deup.error_cost_ * (1 - keep) + keep * g if deup.gate_ or layer_gate else g.double()
-    log_evidence = layer_weight * (conformal_evidence(cal, distance) - 1)
+    t_layer = conformal_evidence(cal, distance)
     # the KNN evidence reads g's own KNN column, among the calibration rows'
     knn = next(f for f in deup.features_ if type(f) is KNNDistance)
-    log_evidence += knn_weight * (conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0]) - 1)
+    t_knn = conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0])
+    # the evidence starts at the onset; below an onset of 1 or more, an input keeps its g
+    if onset > 0:
+        assert (t_layer < onset).any()
+        assert (t_layer > onset).any()
+    evidence = log_evidence(t_layer, layer_weight, onset) + log_evidence(t_knn, knn_weight, onset)
     # capped where float32 ends
-    expected = (expected * torch.exp(log_evidence)).clamp(max=torch.finfo(torch.float32).max)
+    expected = (expected * torch.exp(evidence)).clamp(max=torch.finfo(torch.float32).max)
     torch.testing.assert_close(deup(x), expected.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -284,7 +295,7 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
     for weight in (-0.5, float("nan"), float("inf"), True, "0.5"):
-        for name in ("layer_weight", "knn_weight"):
+        for name in ("layer_weight", "knn_weight", "evidence_onset"):
             with pytest.raises(ValueError, match=name):
                 DEUP(**{name: weight}).fit_outputs(cal, torch.arange(30) % 3)
 
@@ -389,6 +400,23 @@ def test_the_knn_evidence_needs_a_classifier_with_training_data_and_a_knn_featur
     assert knn_terms(fitted) == (None, None)
 
 
+def test_a_save_from_before_the_evidence_onset_scores_as_before_with_w_times_t_minus_one(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, evidence_onset=0.0, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    del state["params"]["evidence_onset"]
+    del state["evidence_onset"]
+    torch.save(state, tmp_path / "old.pt")
+    old = DEUP.load(tmp_path / "old.pt", model=model)
+    x = torch.randn(30, 1, 5, 5) * 2
+    assert old.evidence_onset == 0.0
+    assert torch.equal(old(x), deup(x))
+    # the default onset lifts only the inputs in the calibration rows' tail: the others keep g
+    onset = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    assert not torch.equal(onset(x), deup(x))
+
+
 def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, knn_weight=0, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
@@ -427,4 +455,6 @@ def test_the_knn_evidence_reads_g_s_knn_column_wherever_it_lies(make_model, feat
         pi = deup.gate_.predict(x[:, deup.gate_column_]).double()
         expected = deup.error_cost_ * pi + (1 - pi) * expected
     t = conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0])
-    torch.testing.assert_close(deup.score_outputs(outputs), (expected * torch.exp(0.4 * (t - 1))).float())
+    torch.testing.assert_close(
+        deup.score_outputs(outputs), (expected * torch.exp(log_evidence(t, 0.4))).float()
+    )

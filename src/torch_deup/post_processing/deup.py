@@ -42,22 +42,26 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
-   multiplies the score: ``score * exp(layer_weight * (t - 1))``, capped at float32's largest
-   value (``t`` grows linearly beyond the calibration rows; inputs that far, such as unnormalised
-   pixels, tie there). In log space that adds ``layer_weight * (t - 1)`` to ``log g``, as the evidence of
-   independent signals adds: an input both unusual and uncertain ranks above one that is only one of
-   them. The evidence enters smoothly: as it is about independent of the errors, a small weight
-   changes the misclassification ranking only to second order while OOD inputs gain to first order,
-   where a hard gate lifts a few inputs all the way. The KNN distance of ``g``'s own column (for a
-   classifier with training outputs) adds its evidence the same way, ``knn_weight * (t_knn - 1)``,
-   with no extra computation (``g`` reads that column anyway): an input of a class the model never
-   saw has ordinary low-level statistics but lies far from the training embeddings, and the layer
-   evidence alone had cost those inputs. On the proxy of ``benchmarks/select_deup.py``,
-   ``layer_weight=0.625, knn_weight=0.25`` had the lowest summed SCOD_AUGRC (tables in
-   :mod:`~torch_deup.post_processing.ood_gate`). ``layer_gate=True`` adds a range gate
-   (:class:`~torch_deup.post_processing.ood_gate.RangeGate`) on the same distance instead or as
-   well: it lifts inputs beyond all but a share ``layer_tail`` of the calibration rows. The gates
-   combine as independent evidence, ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
+   multiplies the score from an onset ``t0`` (``evidence_onset``) on:
+   ``score * exp(layer_weight * max(t - t0, 0))``, capped at float32's largest value (``t``
+   grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
+   there). In log space that adds the evidence to ``log g``, as the evidence of independent
+   signals adds: an input both unusual and uncertain ranks above one that is only one of them. The
+   evidence enters smoothly: as it is about independent of the errors, a small weight changes the
+   misclassification ranking only to second order while OOD inputs gain to first order, where a
+   hard gate lifts a few inputs all the way. The onset keeps it off the bulk of in-distribution
+   inputs: with ``t0 = 2``, the share ``exp(-2)``, 13.5%, of the calibration rows with the most
+   unusual statistics, where it was noise on the ranking of the model's errors. The KNN distance
+   of ``g``'s own column (for a classifier with training outputs) adds its evidence the same way,
+   ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g`` reads that column anyway):
+   an input of a class the model never saw has ordinary low-level statistics but lies far from
+   the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
+   ``layer_weight=1, knn_weight=0.25, evidence_onset=2``, were chosen on the proxy of
+   ``benchmarks/select_deup.py`` (tables and rule in :mod:`~torch_deup.post_processing.ood_gate`).
+   ``layer_gate=True`` adds a range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`)
+   on the same distance instead or as well: it lifts inputs beyond all but a share ``layer_tail``
+   of the calibration rows. The gates combine as independent evidence,
+   ``pi = 1 - (1 - pi_ood) (1 - pi_layer)``.
 
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
@@ -304,11 +308,14 @@ class DEUP(PostProcessing):
             (:class:`~torch_deup.post_processing.ood_gate.RangeGate`); ``0``: only inputs beyond
             every calibration row.
         layer_weight: exponent ``w`` of the layer-statistics evidence (step 7): the score is
-            multiplied by ``exp(w * (t - 1))``; ``0`` disables it. Needs the same outputs as
-            ``layer_gate``.
+            multiplied by ``exp(w * (max(t, t0) - max(t0, 1)))``, ``t0`` the ``evidence_onset``;
+            ``0`` disables it. Needs the same outputs as ``layer_gate``.
         knn_weight: exponent of the same evidence of ``g``'s KNN-distance column (step 7), for a
             classifier with training outputs and a :class:`~torch_deup.features.distance.KNNDistance`
             among the features; ``0`` disables it.
+        evidence_onset: the tail evidence ``t0`` from which both evidences count (step 7): an input
+            with ``t`` below it keeps its ``g`` (for ``t0 >= 1``); ``0`` gives ``w * (t - 1)``, the
+            form before the onset existed.
         batch_size, lr, weight_decay, patience: optimisation of ``g``.
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
@@ -345,8 +352,9 @@ class DEUP(PostProcessing):
         ood_prior: float = 0.0,
         layer_gate: bool = False,
         layer_tail: float = 0.01,
-        layer_weight: float = 0.625,
+        layer_weight: float = 1.0,
         knn_weight: float = 0.25,
+        evidence_onset: float = 2.0,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -371,6 +379,7 @@ class DEUP(PostProcessing):
         self.layer_tail = layer_tail
         self.layer_weight = layer_weight
         self.knn_weight = knn_weight
+        self.evidence_onset = evidence_onset
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -398,7 +407,7 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `ood_prior` in [0, 1), but got {self.ood_prior!r}.")
         if not isinstance(self.layer_tail, int | float) or not 0 <= self.layer_tail < 1:
             raise ValueError(f"Expected `layer_tail` in [0, 1), but got {self.layer_tail!r}.")
-        for name in ("held_out_weight", "layer_weight", "knn_weight"):
+        for name in ("held_out_weight", "layer_weight", "knn_weight", "evidence_onset"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
@@ -588,6 +597,7 @@ class DEUP(PostProcessing):
         self.knn_evidence_, self.knn_column_ = knn_evidence, knn_column
         # scoring reads the weights fitted with, as for every other setting, not a later edit
         self.layer_weight_, self.knn_weight_ = self.layer_weight, self.knn_weight
+        self.evidence_onset_ = self.evidence_onset
         self.error_cost_ = cost
         directions = torch.cat(
             [torch.full((width,), f.ood_direction) for f, width in zip(features, widths, strict=True)]
@@ -707,18 +717,24 @@ class DEUP(PostProcessing):
             in_distribution *= 1 - self.layer_gate_.predict(distances)
         if self.gate_ is not None or self.layer_gate_ is not None:
             scores = self.error_cost_ * (1 - in_distribution) + in_distribution * scores
-        # mean-1 evidence: an input typical of the calibration rows keeps about its g
         log_evidence = []
         if self.layer_evidence_ is not None:
-            log_evidence.append(self.layer_weight_ * (self.layer_evidence_.evidence(distances) - 1))
+            log_evidence.append(self._log_evidence(self.layer_evidence_, distances, self.layer_weight_))
         if self.knn_evidence_ is not None:
-            log_evidence.append(self.knn_weight_ * (self.knn_evidence_.evidence(x[:, self.knn_column_]) - 1))
+            knn = x[:, self.knn_column_]
+            log_evidence.append(self._log_evidence(self.knn_evidence_, knn, self.knn_weight_))
         if log_evidence:
             # in log space, capped where float32 ends: t grows linearly beyond the calibration rows,
             # and an input far off (unnormalised pixels) would otherwise score inf
             log_scores = torch.log(scores.double()) + sum(log_evidence)
             scores = torch.exp(log_scores.clamp(max=_LOG_FLOAT32_MAX)).float()
         return scores.to(device)
+
+    def _log_evidence(self, evidence: TailEvidence, scores: Tensor, weight: float) -> Tensor:
+        """``weight * (max(t, onset) - max(onset, 1))``: with an onset of at least 1, an input whose
+        tail evidence ``t`` is below the onset keeps its ``g``; with 0, ``weight * (t - 1)``."""
+        onset = self.evidence_onset_
+        return weight * (evidence.evidence(scores).clamp_min(onset) - max(onset, 1.0))
 
     def __call__(self, x: Tensor) -> Tensor:
         self._check_fitted()
@@ -734,7 +750,7 @@ class DEUP(PostProcessing):
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
         "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "layer_weight", "knn_weight",
-        "batch_size", "lr", "weight_decay", "patience", "progress", "seed", "layers",
+        "evidence_onset", "batch_size", "lr", "weight_decay", "patience", "progress", "seed", "layers",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -774,6 +790,7 @@ class DEUP(PostProcessing):
                 "column": self.knn_column_,
                 "weight": self.knn_weight_,
             },
+            "evidence_onset": self.evidence_onset_,
             "error_cost": self.error_cost_,
         }
         torch.save(state, path)
@@ -784,7 +801,11 @@ class DEUP(PostProcessing):
         state = torch.load(path, map_location="cpu", weights_only=True)
         # a file saved before the layer gate or an evidence was fitted without them: refitting it
         # must not add them
-        params = {"layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, **state["params"]}
+        # the evidence of files saved before its onset started at 0: w * (t - 1)
+        params = {
+            "layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, "evidence_onset": 0.0,
+            **state["params"],
+        }  # fmt: skip
         deup = cls(model=model, device=device, **params)
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
         if state.get("custom_features"):  # files saved before it was kept refit with the defaults
@@ -819,6 +840,7 @@ class DEUP(PostProcessing):
                 deup.layer_evidence_.load_state_dict(layer["evidence"])
         # the weight fitted with; files saved before it was kept apart hold only the parameter
         deup.layer_weight_ = (layer or {}).get("weight", deup.layer_weight)
+        deup.evidence_onset_ = state.get("evidence_onset", deup.evidence_onset)
         knn = state.get("knn_evidence")  # files saved before the KNN evidence have none
         deup.knn_evidence_, deup.knn_column_, deup.knn_weight_ = None, None, deup.knn_weight
         if knn is not None:

@@ -254,7 +254,7 @@ def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_one
     assert far.min() > typical.max()
     assert far.max() == torch.finfo(torch.float32).max  # capped, not inf
     # the weights are the ones fitted with: a later edit changes nothing until a refit, saved or not
-    deup.layer_weight, deup.knn_weight = 2.0, 3.0
+    deup.layer_weight, deup.knn_weight, deup.evidence_onset = 2.0, 3.0, 0.0
     assert torch.equal(deup(x), typical)
     deup.save(tmp_path / "deup.pt")
     assert torch.equal(DEUP.load(tmp_path / "deup.pt", model=model)(x), typical)

@@ -42,7 +42,7 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    colour or texture unlike the training images, which the penultimate embedding can miss, and
    hardly depends on whether the model is right. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
-   multiplies the score from an onset ``t0`` (``evidence_onset``) on:
+   multiplies the score from an onset ``t0 >= 1`` (``evidence_onset``) on:
    ``score * exp(layer_weight * max(t - t0, 0))``, capped at float32's largest value (``t``
    grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
    there). In log space that adds the evidence to ``log g``, as the evidence of independent

@@ -4,9 +4,8 @@
 
 With several ``--checkpoint`` files the model is their :class:`~torch_deup.models.DeepEnsemble`:
 mutual information replaces ViM (an ensemble's logits are no single linear head's), max-logit and
-energy are left out (on log mean probabilities they are MSP and a constant), DEUP adds the
-members' disagreement to its features, and one more row ablates that feature. Outputs, plot and JSON
-then go to ``*_ensemble`` files.
+energy are the mean of the members' scores, DEUP adds the members' disagreement to its features,
+and one more row ablates that feature. Outputs, plot and JSON then go to ``*_ensemble`` files.
 
 The model is the project's ResNet-20 (45,000 training images; the 5,000-image validation split was
 held out and is where DEUP is fitted). The base model runs once over train, validation, test and
@@ -260,9 +259,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     n_test = sum(len(sets[k][1]) for k in ("test", "svhn"))
     ensemble = sets["val"][0].members is not None
     rows = []
-    # an ensemble's logits are log mean probabilities: max-logit is MSP and energy is 0
-    baselines = [b for b in BASELINES if b not in ("logit", "energy")] if ensemble else BASELINES
-    for name in baselines + (["mutual_information"] if ensemble else ["vim"]):
+    for name in BASELINES + (["mutual_information"] if ensemble else ["vim"]):
         criterion = get_criterion(name)
         metrics, fit_time, per_1000 = timed(
             lambda c=criterion: c.fit(*sets["train"]) if c.needs_fit else c, lambda c, o: c(o), sets

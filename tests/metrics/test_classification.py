@@ -71,6 +71,15 @@ def test_entropy_of_a_one_hot_row_is_zero_and_uniform_is_log_c() -> None:
     assert predictive_entropy(probs).item() == pytest.approx(math.log(4) / 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nll_of_half_precision_probabilities_is_not_capped_by_their_smallest_normal(dtype) -> None:
+    # 1e-6 is below float16's smallest normal (6.1e-5) but still held, as a subnormal
+    probs = torch.tensor([[1e-6, 1 - 1e-6]]).to(dtype)
+    expected = -math.log(probs[0, 0].float().item())
+    assert expected > 13.0
+    assert categorical_nll(probs, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_nll_of_a_zero_probability_is_clamped_at_the_smallest_normal() -> None:
     probs, targets = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
     assert categorical_nll(probs, targets).item() == pytest.approx(-math.log(torch.finfo(torch.float32).tiny))

@@ -75,6 +75,19 @@ def test_single_logit_is_a_bernoulli():
     torch.testing.assert_close(MaxLogitCriterion()(outputs), -logit[:, 0].clamp_min(0))
 
 
+@pytest.mark.parametrize("num_logits", [1, 3])
+def test_max_logit_and_energy_of_an_ensemble_are_its_members_mean(num_logits):
+    members = torch.randn(6, 2, num_logits) * torch.tensor([1.0, 5.0])[None, :, None]
+    # an ensemble's logits are log mean probabilities: their logsumexp is 0, they carry no scale
+    mean_probs = class_logits(members.reshape(12, -1)).softmax(1).view(6, 2, -1).mean(1)
+    outputs = ModelOutputs(mean_probs.log(), members=members)
+    single = [ModelOutputs(members[:, i]) for i in range(2)]
+    for criterion in (MaxLogitCriterion(), EnergyCriterion(temperature=2.0)):
+        expected = (criterion(single[0]) + criterion(single[1])) / 2
+        torch.testing.assert_close(criterion(outputs), expected)
+    assert EnergyCriterion()(outputs).std() > 0.1
+
+
 def test_class_logits_rejects_one_dimensional_logits():
     with pytest.raises(ValueError, match=r"shape \(N, C\), but got shape \(3,\)"):
         class_logits(torch.zeros(3))

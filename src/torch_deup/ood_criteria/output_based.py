@@ -3,9 +3,15 @@
 A single logit ``(N, 1)`` is read as a binary classifier ``p(y=1) = sigmoid(l)``: it becomes the
 two class logits ``[0, l]``, whose softmax is exactly ``[1 - sigmoid(l), sigmoid(l)]``. So MSP
 and entropy are those of the Bernoulli, energy is ``-log(1 + e^l)``, max logit is ``-max(0, l)``.
+
+A :class:`~torch_deup.models.ensemble.DeepEnsemble`'s logits are the log of its mean probabilities,
+whose log-sum-exp is 0 for every input: max logit and energy, which read the scale of the logits,
+are the mean of each member's score instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -13,6 +19,14 @@ from torch import Tensor
 from torch_deup.features.variance import EnsembleDisagreement
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.outputs import ModelOutputs, class_logits
+
+
+def _member_mean(outputs: ModelOutputs, score: Callable[[Tensor], Tensor]) -> Tensor:
+    """``score`` of the class logits; for an ensemble, the mean of its members' scores."""
+    if outputs.members is None:
+        return score(class_logits(outputs.logits))
+    n, m, c = outputs.members.shape
+    return score(class_logits(outputs.members.reshape(n * m, c))).view(n, m).mean(dim=1)
 
 
 class MaxSoftmaxCriterion(OODCriterion):
@@ -30,7 +44,7 @@ class MaxSoftmaxCriterion(OODCriterion):
 
 
 class MaxLogitCriterion(OODCriterion):
-    """Negative maximum logit (Hendrycks et al. 2022).
+    """Negative maximum logit (Hendrycks et al. 2022); for an ensemble, its members' mean.
 
     Example:
         >>> MaxLogitCriterion()(ModelOutputs(torch.tensor([[1.0, 3.0]])))
@@ -40,11 +54,12 @@ class MaxLogitCriterion(OODCriterion):
     name = "MaxLogit"
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        return -class_logits(outputs.logits).max(dim=1).values
+        return _member_mean(outputs, lambda logits: -logits.max(dim=1).values)
 
 
 class EnergyCriterion(OODCriterion):
-    """Free energy ``-T logsumexp(logits / T)`` (Liu et al. 2020).
+    """Free energy ``-T logsumexp(logits / T)`` (Liu et al. 2020); for an ensemble, its members'
+    mean.
 
     Example:
         >>> EnergyCriterion()(ModelOutputs(torch.tensor([[0.0, 0.0]])))
@@ -59,7 +74,8 @@ class EnergyCriterion(OODCriterion):
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         if not self.temperature > 0:
             raise ValueError(f"Expected argument `temperature` to be positive, but got {self.temperature!r}.")
-        return -self.temperature * torch.logsumexp(class_logits(outputs.logits) / self.temperature, dim=1)
+        t = self.temperature
+        return _member_mean(outputs, lambda logits: -t * torch.logsumexp(logits / t, dim=1))
 
 
 class EntropyCriterion(OODCriterion):

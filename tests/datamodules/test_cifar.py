@@ -1,3 +1,4 @@
+import inspect
 import re
 from pathlib import Path
 from typing import ClassVar
@@ -128,21 +129,39 @@ def test_cifar10_folders_under_other_names_are_refused(tmp_path, cache_dir):
         dm.setup()
 
 
-def fake(write):
-    """A stand-in for a torchvision dataset class: records each call and writes files offline."""
+def test_svhn_folders_named_as_the_mat_labels_are_refused(tmp_path, cache_dir):
+    write_cifar_folders(tmp_path)
+    write_svhn_folder(tmp_path)
+    for digit in reversed(range(10)):  # 0-9 renamed 1-10, as the .mat file numbers them
+        (tmp_path / "svhn" / "test" / str(digit)).rename(tmp_path / "svhn" / "test" / str(digit + 1))
+    dm = CIFAR10DataModule(tmp_path, batch_size=8, eval_ood=True, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=r"svhn/test are \['1', .*'10'\].* label numbers 0-9"):
+        dm.setup()
+
+
+def fake(write, real: type):
+    """A stand-in for the torchvision dataset class ``real``: checks each call against the
+    installed class's signature, records it and writes files offline."""
 
     class FakeDataset:
         calls: ClassVar[list] = []
 
         def __init__(self, root, download=False, **kwargs):
+            inspect.signature(real).bind(root, download=download, **kwargs)
             self.calls.append((root, download, kwargs))
             write(Path(root))
 
     return FakeDataset
 
 
+def test_the_fake_refuses_arguments_torchvision_does_not_take():
+    with pytest.raises(TypeError, match="split"):
+        fake(lambda root: None, torchvision.datasets.CIFAR10)("root", download=True, split="test")
+
+
 def test_download_fetches_cifar10_and_svhn_through_torchvision(tmp_path, cache_dir, monkeypatch):
-    cifar, svhn = fake(lambda root: write_cifar_official(root, 10)), fake(write_svhn_mat)
+    cifar = fake(lambda root: write_cifar_official(root, 10), torchvision.datasets.CIFAR10)
+    svhn = fake(write_svhn_mat, torchvision.datasets.SVHN)
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar)
     monkeypatch.setattr(torchvision.datasets, "SVHN", svhn)
     dm = CIFAR10DataModule(tmp_path, batch_size=8, eval_ood=True, download=True, cache_dir=cache_dir)
@@ -155,7 +174,8 @@ def test_download_fetches_cifar10_and_svhn_through_torchvision(tmp_path, cache_d
 
 
 def test_download_is_skipped_when_an_image_folder_layout_is_present(folder_root, cache_dir, monkeypatch):
-    cifar, svhn = fake(lambda root: None), fake(lambda root: None)
+    cifar = fake(lambda root: None, torchvision.datasets.CIFAR10)
+    svhn = fake(lambda root: None, torchvision.datasets.SVHN)
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar)
     monkeypatch.setattr(torchvision.datasets, "SVHN", svhn)
     dm = CIFAR10DataModule(folder_root, batch_size=8, eval_ood=True, download=True, cache_dir=cache_dir)
@@ -164,7 +184,7 @@ def test_download_is_skipped_when_an_image_folder_layout_is_present(folder_root,
 
 
 def test_without_download_nothing_is_fetched(tmp_path, cache_dir, monkeypatch):
-    cifar = fake(lambda root: write_cifar_official(root, 10))
+    cifar = fake(lambda root: write_cifar_official(root, 10), torchvision.datasets.CIFAR10)
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", cifar)
     dm = CIFAR10DataModule(tmp_path, batch_size=8, cache_dir=cache_dir)
     with pytest.raises(FileNotFoundError, match="pass download=True"):
@@ -173,7 +193,7 @@ def test_without_download_nothing_is_fetched(tmp_path, cache_dir, monkeypatch):
 
 
 def test_cifar100_download_and_fine_labels(tmp_path, cache_dir, monkeypatch):
-    cifar = fake(lambda root: write_cifar_official(root, 100, per_class=1))
+    cifar = fake(lambda root: write_cifar_official(root, 100, per_class=1), torchvision.datasets.CIFAR100)
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", cifar)
     dm = CIFAR100DataModule(tmp_path, batch_size=64, download=True, cache_dir=cache_dir)
     dm.prepare_data()

@@ -31,6 +31,26 @@ def test_load_flat_image_folder_reads_sorted_files_without_labels(tmp_path):
     assert torch.equal(again.images, images)
 
 
+def test_two_processes_writing_the_cache_at_once_both_succeed(tmp_path, monkeypatch):
+    write_flat_folder(tmp_path / "ood", coded_images([0] * 3, seed=0))
+    save, inner = torch.save, []
+
+    def load():
+        return load_flat_image_folder(tmp_path / "ood", cache_dir=tmp_path / "cache", progress=False)
+
+    def save_while_another_process_writes(obj, path):
+        # the other process decodes, saves and renames its cache between this save and its rename
+        save(obj, path)
+        if not inner:
+            inner.append(None)
+            inner[0] = load()
+
+    monkeypatch.setattr(torch, "save", save_while_another_process_writes)
+    outer = load()
+    assert torch.equal(outer.images, inner[0].images)
+    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".pt"]  # no temporary file left
+
+
 def test_an_image_rewritten_at_the_same_size_is_decoded_again(tmp_path):
     (tmp_path / "ood").mkdir()
     path = tmp_path / "ood" / "0.png"

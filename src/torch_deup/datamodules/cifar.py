@@ -156,7 +156,9 @@ class CIFAR10DataModule(_CIFARDataModule):
     """CIFAR-10 (labels 0-9: airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck).
 
     ``mean``/``std`` default to :data:`CIFAR10_MEAN`/:data:`CIFAR10_STD`, the statistics the
-    project's checkpoint was trained with; pass ImageNet's for the akamaster ResNet-20. With
+    project's checkpoint was trained with; pass ImageNet's for the akamaster ResNet-20, and
+    ``std=(0.2023, 0.1994, 0.2010)`` (the mean is the same) for TorchUncertainty's checkpoints
+    (``resnet18_c10``), which were trained with that standard deviation. With
     ``eval_ood=True``, ``test_dataloader()`` returns ``[CIFAR-10 test, SVHN test]``. See
     :class:`~torch_deup.datamodules.base.TensorDataModule` for loaders, splits and seeds, and this
     module's docstring for the file layouts read under ``root``.

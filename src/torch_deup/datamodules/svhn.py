@@ -24,7 +24,8 @@ SVHN_TEST = DataSource(
     name="SVHN test set",
     layouts=(
         Layout("official torchvision file", ("test_32x32.mat",), _read_mat),
-        image_folder_layout("svhn", ("test",), num_classes=10),
+        # named 0-9: folders named as the .mat file's labels (1-10) would shift every label
+        image_folder_layout("svhn", ("test",), num_classes=10, names=[str(d) for d in range(10)]),
     ),
     download=_download,
     how_to_get=(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -154,9 +155,16 @@ def _decode_cached(
         raise ValueError(f"Images under {root} have different sizes {sorted(shapes)}; resize them first.")
     data = ImageTensors(torch.stack(decoded), torch.tensor(targets, dtype=torch.long), classes)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save({"images": data.images, "targets": data.targets, "classes": classes}, tmp)
-    tmp.replace(cache_file)
+    # a temporary file of its own: processes that decode the same folder at once (the ranks of a
+    # distributed run) each write theirs and replace the cache atomically, never each other's
+    handle, name = tempfile.mkstemp(dir=cache, prefix=f"{cache_file.stem}-", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        torch.save({"images": data.images, "targets": data.targets, "classes": classes}, tmp)
+        os.replace(tmp, cache_file)
+    finally:
+        tmp.unlink(missing_ok=True)
     return data
 
 

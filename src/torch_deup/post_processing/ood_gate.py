@@ -160,8 +160,8 @@ AUROC at the same SCOD_AUGRC; a later onset buys more of the one for more of the
 raises the sum. Two layer-statistics variants did not pay at the default: a distance per stage,
 their tail evidences summed (shifted AUROC 71.31 against 71.04, far 94.63 against 95.00, SCOD
 sum 35.580 against 35.573), and the stem's statistics recorded too (``layers=["bn1", "layer1",
-"layer2"]``: far 94.17, shifted 70.45, sum 35.665; the stem's blur detection is worse, 92.5
-against 95.7 at 1.5 pixels).
+"layer2"]``: far 94.17, shifted 70.45, sum 35.665; on blur of 1.5 pixels DEUP reads 92.5
+against 95.7, the layer statistics alone 95.7 against 98.2).
 """
 
 from __future__ import annotations

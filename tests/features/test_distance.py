@@ -43,6 +43,40 @@ def test_knn_matches_sklearn(train, queries, query_chunk_size, bank_chunk_size, 
     np.testing.assert_allclose(features[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [KNNDistance, TrustScore])
+def test_euclidean_distances_keep_their_precision_under_an_offset_all_embeddings_share(cls):
+    # post-ReLU features share a positive offset: their squared norms dwarf near-neighbour distances
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(2000, 64, generator=gen) + 20.0
+    queries = bank[:50] + 1e-3 * torch.randn(50, 64, generator=gen)
+    targets = torch.zeros(2000, dtype=torch.long)
+    distances = cls(k=1, normalize=False).fit(outputs_of(bank), targets)
+    got = distances(ModelOutputs(torch.zeros(50, 3), queries))[:, 0]
+    if cls is KNNDistance:
+        expected = torch.cdist(queries.double(), bank.double()).min(1).values.float()
+        assert expected.median() < 0.01
+        # float32 error at the scale of the spread (about 0.004 here), not of the offset (0.1)
+        assert (got - expected).abs().max() < 0.01
+    else:  # a bank of the predicted class alone: 1, whatever the distances
+        assert torch.equal(got, torch.ones(50))
+
+
+def test_knn_state_dict_keeps_the_distance_it_was_fitted_for(train, queries):
+    outputs, targets = train
+    knn = KNNDistance(k=3, normalize=False).fit(outputs, targets)
+    restored = KNNDistance(k=5)  # built with other settings: the state says which distance
+    restored.load_state_dict(knn.state_dict())
+    assert (restored.k, restored.normalize) == (3, False)
+    assert torch.equal(restored(outputs_of(queries)), knn(outputs_of(queries)))
+
+
+@pytest.mark.parametrize("cls", [KNNDistance, TrustScore, MahalanobisDistance])
+def test_fitting_on_no_rows_says_so(cls):
+    empty = ModelOutputs(torch.zeros(0, 3), torch.zeros(0, 5))
+    with pytest.raises(ValueError, match="at least one training embedding, but got none"):
+        cls().fit(empty, torch.zeros(0, dtype=torch.long))
+
+
 def test_knn_far_embedding_scores_higher(train):
     outputs, targets = train
     knn = KNNDistance(k=5, normalize=False).fit(outputs, targets)
@@ -221,3 +255,6 @@ def test_mahalanobis_errors(train):
     maha = MahalanobisDistance().fit(outputs, targets)
     with pytest.raises(ValueError, match="fitted on 5-dimensional embeddings, but got 2"):
         maha(outputs_of(torch.zeros(1, 2)))
+    # one row per class: every row is its mean, the covariance 0
+    with pytest.raises(ValueError, match=r"more training rows than classes .* 3 rows of 3 classes"):
+        MahalanobisDistance().fit(outputs_of(outputs.embedding[:3]), targets[:3])

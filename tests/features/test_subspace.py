@@ -64,6 +64,17 @@ def test_off_subspace_embedding_scores_higher(head):
     assert far > near + 1.0
 
 
+def test_a_head_that_cannot_be_recovered_is_refused_or_warned_about(head):
+    outputs = linear_outputs(10, 0, head)  # 10 rows, 10 dimensions + 1 unknowns per logit
+    with pytest.raises(ValueError, match=r"more rows than embedding dimensions \+ 1 \(11\), but got 10"):
+        recover_linear_head(outputs.embedding, outputs.logits)
+    outputs = linear_outputs(500, 0, head)
+    dead = outputs.embedding.clone()
+    dead[:, 3] = 0.0  # a ReLU unit that never fires: its weight is not in the data
+    with torch.no_grad(), pytest.warns(UserWarning, match="spans 9 of its 10 dimensions"):
+        recover_linear_head(dead, head(dead))
+
+
 def test_logits_not_affine_in_the_embedding_are_refused(head):
     outputs = linear_outputs(200, 0, head)
     squared = ModelOutputs(outputs.logits.pow(2), outputs.embedding)

@@ -56,7 +56,8 @@ class FeatureExtractor(ABC):
 
     @property
     def names(self) -> list[str]:
-        """One name per feature column."""
+        """One name per feature: a column, or a block of columns whose width depends on the outputs
+        (the logits, the embedding)."""
         return [type(self).__name__]
 
     def state_dict(self) -> dict[str, Any]:

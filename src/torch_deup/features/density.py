@@ -59,9 +59,16 @@ def check_finite(embedding: Tensor, what: str = "embeddings") -> None:
         )
 
 
+def check_not_empty(embedding: Tensor) -> None:
+    """A ValueError if there is no training embedding to fit on."""
+    if len(embedding) == 0:
+        raise ValueError("Expected at least one training embedding, but got none. Fit on the training split.")
+
+
 def check_fit_inputs(embedding: Tensor, targets: Tensor) -> Tensor:
     """Validate training embeddings and labels; return the labels as int64."""
     check_finite(embedding)
+    check_not_empty(embedding)
     if targets.ndim != 1 or targets.shape[0] != embedding.shape[0]:
         raise ValueError(
             f"Expected `targets` of shape ({embedding.shape[0]},), one class index per embedding, "

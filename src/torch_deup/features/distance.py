@@ -14,6 +14,7 @@ from torch_deup.features.density import (
     check_dimension,
     check_finite,
     check_fit_inputs,
+    check_not_empty,
     cholesky_with_jitter,
     class_means,
     require_embedding,
@@ -60,7 +61,9 @@ class KNNDistance(FeatureExtractor):
     the extra memory is about ``query_chunk_size * bank_chunk_size * 4`` bytes (64 MiB with the
     defaults) whatever the sizes of bank and query. Similarities are float32 products, so
     distances carry an absolute error around 1e-6 (cosine) or relative 1e-6 of the squared norms
-    (Euclidean).
+    (Euclidean, of the embeddings centred at the bank's mean, ``center_``: an offset all
+    embeddings share, as post-ReLU features have, would otherwise enter those norms and swamp
+    the distances of near neighbours).
 
     ``bank_size`` keeps a random subset (drawn with ``seed``) of that many training embeddings:
     scoring cost is proportional to the bank, and Sun et al. report that a 10% sample with ``k``
@@ -111,13 +114,23 @@ class KNNDistance(FeatureExtractor):
 
     def _prepare(self, embedding: Tensor) -> Tensor:
         embedding = embedding.float()
-        return F.normalize(embedding, dim=1) if self.normalize else embedding
+        if self.normalize:
+            return F.normalize(embedding, dim=1)
+        # a Euclidean distance does not change under a shift; fitted before it was kept: none
+        center = getattr(self, "center_", None)
+        return embedding if center is None else embedding - center
+
+    def _fit_bank(self, embedding: Tensor) -> None:
+        """``bank_`` (and ``center_`` for the Euclidean distance) from the kept training embeddings."""
+        self.center_ = None if self.normalize else embedding.float().mean(0)
+        self.bank_ = self._prepare(embedding).contiguous()
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> KNNDistance:
         """Store the training embeddings; ``targets`` is unused (the distance ignores classes)."""
         self._check_params()
         embedding = require_embedding(outputs, self)
         check_finite(embedding)
+        check_not_empty(embedding)
         if self.bank_size is not None and self.bank_size < embedding.shape[0]:
             generator = torch.Generator().manual_seed(self.seed)
             embedding = embedding[torch.randperm(embedding.shape[0], generator=generator)[: self.bank_size]]
@@ -126,7 +139,7 @@ class KNNDistance(FeatureExtractor):
                 f"Expected argument `k` to be at most the number of training embeddings in the bank "
                 f"({embedding.shape[0]}), but got k={self.k}. Lower k or fit on more data."
             )
-        self.bank_ = self._prepare(embedding).contiguous()
+        self._fit_bank(embedding)
         return self
 
     def _queries(self, outputs: ModelOutputs) -> Tensor:
@@ -152,7 +165,8 @@ class KNNDistance(FeatureExtractor):
 
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "bank_")
-        return {"bank_": self.bank_}
+        # the distance the bank was prepared for: loaded into other settings it would be misread
+        return {"bank_": self.bank_, "center_": self.center_, "k": self.k, "normalize": self.normalize}
 
 
 class TrustScore(KNNDistance):
@@ -203,7 +217,7 @@ class TrustScore(KNNDistance):
             keep = self._stratified_subset(labels)
             embedding, labels = embedding[keep], labels[keep]
         self.classes_ = torch.unique(labels)
-        self.bank_ = self._prepare(embedding).contiguous()
+        self._fit_bank(embedding)
         self.bank_labels_ = labels
         return self
 
@@ -244,7 +258,7 @@ class TrustScore(KNNDistance):
 
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "bank_")
-        return {"bank_": self.bank_, "bank_labels_": self.bank_labels_, "classes_": self.classes_}
+        return {**super().state_dict(), "bank_labels_": self.bank_labels_, "classes_": self.classes_}
 
 
 class MahalanobisDistance(FeatureExtractor):
@@ -276,6 +290,12 @@ class MahalanobisDistance(FeatureExtractor):
         embedding = require_embedding(outputs, self).double()
         targets = check_fit_inputs(embedding, targets)
         classes, inverse, _, means = class_means(embedding, targets)
+        if len(embedding) <= len(classes):
+            # every row is its class's mean: the shared covariance is 0 and the distances jitter noise
+            raise ValueError(
+                f"MahalanobisDistance needs more training rows than classes to estimate the shared "
+                f"covariance, but got {len(embedding)} rows of {len(classes)} classes. Fit on more data."
+            )
         centred = embedding - means[inverse]
         factor, jitter = cholesky_with_jitter(centred.T @ centred / len(centred))
         self.classes_ = classes

@@ -9,6 +9,7 @@ and a least-squares fit on thousands of rows returns ``W`` and ``b`` to rounding
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -34,8 +35,21 @@ def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tens
         ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [1.0, 1.0])
     """
     design = torch.cat([embedding.double(), torch.ones(len(embedding), 1, dtype=torch.float64)], dim=1)
+    if len(design) < design.shape[1]:
+        raise ValueError(
+            f"Recovering the linear head needs more rows than embedding dimensions + 1 "
+            f"({design.shape[1]}), but got {len(design)}. Fit on more of the training split."
+        )
     target = logits.double()
-    solution = torch.linalg.lstsq(design, target, driver="gelsd").solution
+    fit = torch.linalg.lstsq(design, target, driver="gelsd")
+    if fit.rank < design.shape[1]:
+        warnings.warn(
+            f"The recorded embedding spans {int(fit.rank) - 1} of its {design.shape[1] - 1} dimensions on "
+            "these rows (constant ones, such as ReLU units that never fire): the head's weights on the "
+            "others cannot be recovered, and the minimum-norm head is used for ViM's origin.",
+            stacklevel=2,
+        )
+    solution = fit.solution
     residual = (design @ solution - target).norm() / target.norm().clamp_min(1e-12)
     if residual > AFFINE_TOLERANCE:
         raise ValueError(

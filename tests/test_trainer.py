@@ -86,7 +86,7 @@ def test_several_criteria_get_one_column_each(capsys):
         ["Classification"],
         ["Calibration"],
         ["MSP", "Energy"],
-        ["MSP", "Energy"],
+        ["Selective Classification"],  # the model's confidence, whatever the criteria
         ["Complexity"],
     ]
     ood_rows = {row[0]: row[1:] for row in tables[2][1]}

@@ -17,11 +17,12 @@ def test_flops_are_two_per_multiply_accumulate() -> None:
 
 
 def test_counting_leaves_the_model_as_it_was() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.BatchNorm1d(4)).train()
+    model[2].eval()  # a batch norm frozen on purpose stays frozen
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flops(model, torch.randn(8, 4))
     flops(model, torch.randn(8, 4), on_meta=False)
-    assert model.training
+    assert [m.training for m in model] == [True, True, False]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from torch_deup.outputs import evaluating
+
 
 def flops(model: nn.Module, example_input: Tensor, *, on_meta: bool = True) -> int:
     """FLOPs of ``model(example_input)``; the count scales with the batch size of the input.
@@ -29,13 +31,9 @@ def flops(model: nn.Module, example_input: Tensor, *, on_meta: bool = True) -> i
     """
     if on_meta:
         model, example_input = copy.deepcopy(model).to("meta"), example_input.to("meta")
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
+    # each submodule's own mode restored after: a frozen batch norm stays frozen
+    with evaluating(model), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(example_input)
     return counter.get_total_flops()
 
 

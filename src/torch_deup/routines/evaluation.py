@@ -1,5 +1,10 @@
-"""The metrics of one ``trainer.test`` run: classification and calibration on the ID test set, and
-per OOD criterion, selective classification, OOD detection and SCOD on every OOD set.
+"""The metrics of one ``trainer.test`` run: classification, calibration and selective
+classification on the ID test set, and per OOD criterion, OOD detection and SCOD on every OOD set.
+
+Selective classification ranks the ID samples by the model's own confidence (maximum softmax
+probability), whatever the OOD criterion, as TorchUncertainty's tables do: swapping the criterion
+changes only the OOD rows. A criterion's ranking of the model's errors with OOD inputs present is
+the SCOD rows' (its ranking on ID samples alone: ``benchmarks/ood_cifar10_svhn.py``'s AURC).
 
 Each OOD set gets its own OOD and SCOD collections (the ID samples are added to each of them),
 so several OOD sets are reported separately. Keys follow :mod:`torch_deup.routines.metric_keys`.
@@ -28,7 +33,7 @@ from torch_deup.routines.metric_keys import (
 
 
 class CriterionMetrics(nn.Module):
-    """Selective metrics on the ID set plus OOD and SCOD metrics per OOD set, for one criterion.
+    """OOD and SCOD metrics per OOD set, for one criterion.
 
     Example:
         >>> metrics = CriterionMetrics(num_ood_sets=1, ood_cost=0.5)
@@ -40,12 +45,10 @@ class CriterionMetrics(nn.Module):
 
     def __init__(self, num_ood_sets: int, ood_cost: float) -> None:
         super().__init__()
-        self.selective = selective_metrics()
         self.ood = nn.ModuleList(ood_metrics() for _ in range(num_ood_sets))
         self.scod = nn.ModuleList(scod_metrics(ood_cost) for _ in range(num_ood_sets))
 
     def update_id(self, scores: Tensor, misclassified: Tensor) -> None:
-        self.selective.update(scores, misclassified)
         is_ood = torch.zeros_like(misclassified)
         for ood, scod in zip(self.ood, self.scod, strict=True):
             ood.update(scores, is_ood)
@@ -76,6 +79,7 @@ class EvaluationMetrics(nn.Module):
         self.ood_sets = list(ood_sets)
         self.classification = classification_metrics(num_classes)
         self.calibration = calibration_metrics(num_classes)
+        self.selective = selective_metrics()
         self.criteria = nn.ModuleDict({name: CriterionMetrics(len(ood_sets), ood_cost) for name in criteria})
         self.ood_entropy = nn.ModuleList(Entropy() for _ in ood_sets)
 
@@ -83,6 +87,7 @@ class EvaluationMetrics(nn.Module):
         self.classification.update(probs, targets)
         self.calibration.update(probs, targets)
         misclassified = (probs.argmax(dim=1) != targets).long()
+        self.selective.update(-probs.max(dim=1).values, misclassified)
         for name, metrics in self.criteria.items():
             metrics.update_id(scores[name], misclassified)
 
@@ -94,10 +99,10 @@ class EvaluationMetrics(nn.Module):
     def compute(self) -> dict[str, float]:
         values = {metric_key(CLASSIFICATION, k): v for k, v in self.classification.compute().items()}
         values |= {metric_key(CALIBRATION, k): v for k, v in self.calibration.compute().items()}
+        values |= {metric_key(SELECTIVE, k): v for k, v in self.selective.compute().items()}
         several_sets, several_criteria = len(self.ood_sets) > 1, len(self.criteria) > 1
         for name, metrics in self.criteria.items():
             column = name if several_criteria else None
-            values |= {metric_key(SELECTIVE, k, column): v for k, v in metrics.selective.compute().items()}
             for i, ood_set in enumerate(self.ood_sets):
                 group = ood_group(ood_set if several_sets else None)
                 ood_values = metrics.ood[i].compute() | metrics.scod[i].compute()

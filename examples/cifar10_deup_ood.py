@@ -1,6 +1,10 @@
 """Part 2 of the DEUP tutorial with torch_deup: CIFAR-10 vs SVHN on CPU, with local data and weights.
 
     python examples/cifar10_deup_ood.py [--data ../shared/data] [--checkpoint checkpoints/resnet20_cifar10.pt]
+        [--download]
+
+``--download`` fetches CIFAR-10 and the SVHN test set into ``--data`` through torchvision when
+neither the image folders nor the official files are there (needs internet).
 
 The tutorial loads a ResNet-18 from Hugging Face; here the model is the project's ResNet-20, trained
 by ``benchmarks/train_cifar10.py`` on the 45,000-image split, so the 5,000 validation images DEUP is
@@ -23,6 +27,7 @@ from torch_deup.routines import ClassificationRoutine
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", default=os.environ.get("TU_DATA_DIR", "../shared/data"))
 parser.add_argument("--checkpoint", default="checkpoints/resnet20_cifar10.pt")
+parser.add_argument("--download", action="store_true", help="fetch the data through torchvision if missing")
 args = parser.parse_args()
 start = time.perf_counter()
 
@@ -30,7 +35,13 @@ cifar_model = resnet(in_channels=3, num_classes=10, arch=20, style="cifar", conv
 cifar_model = load_checkpoint(cifar_model, args.checkpoint).eval()
 
 datamodule = CIFAR10DataModule(
-    root=args.data, batch_size=256, num_workers=0, eval_ood=True, val_split=0.1, postprocess_set="val"
+    root=args.data,
+    batch_size=256,
+    num_workers=0,
+    eval_ood=True,
+    val_split=0.1,
+    postprocess_set="val",
+    download=args.download,
 )
 trainer = TUTrainer(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=True)
 

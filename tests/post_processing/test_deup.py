@@ -307,13 +307,30 @@ def test_model_attached_later_with_set_model():
     assert deup.fit(loader()).is_fitted
 
 
+def test_too_few_rows_for_the_folds_to_train_on_are_refused():
+    outputs = ModelOutputs(torch.randn(3, 3), torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"a fold model keeps no row to train on.* lower `num_folds`"):
+        DEUP(num_folds=2, progress=False, max_epochs=2).fit_outputs(outputs, torch.tensor([0, 1, 2]))
+
+
+def test_a_regressor_with_features_fitted_on_nothing_does_not_run_the_training_split():
+    model, calls = nn.Linear(4, 1), []
+    model.register_forward_hook(lambda module, args, output: calls.append(len(output)))
+    cal = DataLoader(TensorDataset(torch.randn(40, 4), torch.randn(40)), batch_size=20)
+    train = DataLoader(TensorDataset(torch.randn(60, 4), torch.randn(60)))
+    DEUP(task="regression", model=model, progress=False, max_epochs=2).fit(cal, train)
+    assert sum(calls) == 40  # the calibration rows only
+
+
 def test_folds_are_shuffled_stratified_and_cover_everything():
     strata = torch.arange(100) % 4
     folds = stratified_folds(strata, 5, torch.Generator().manual_seed(0))
     assert torch.equal(torch.cat(folds).sort().values, torch.arange(100))
     for fold in folds:
         assert torch.bincount(strata[fold], minlength=4).tolist() == [5, 5, 5, 5]
-    assert not torch.equal(folds[0], torch.arange(20))
+    # shuffled: another seed puts other rows together (unshuffled, every seed would give the same)
+    other = stratified_folds(strata, 5, torch.Generator().manual_seed(1))
+    assert not all(torch.equal(a.sort().values, b.sort().values) for a, b in zip(folds, other, strict=True))
 
 
 class TripleDataset(torch.utils.data.Dataset):

@@ -40,6 +40,21 @@ def test_outliers_lie_in_the_tails_and_the_head_maps_them(train):
     torch.testing.assert_close(virtual.logits, virtual.embedding @ weight + bias, rtol=1e-4, atol=1e-4)
 
 
+def test_fewer_outliers_than_classes_come_from_classes_across_the_range():
+    torch.manual_seed(0)
+    targets = torch.arange(2000) % 20
+    embedding = torch.randn(2000, 30) + 6.0 * torch.nn.functional.one_hot(targets, 30)[:, :30].float()
+    head = torch.nn.Linear(30, 20)
+    with torch.no_grad():
+        train = (ModelOutputs(head(embedding), embedding), targets)
+    virtual = virtual_outliers(train, 10, seed=0).embedding.double()
+    means = torch.stack([embedding[targets == c].double().mean(0) for c in range(20)])
+    nearest = torch.cdist(virtual, means).argmin(1)
+    # one outlier from each of 10 classes drawn at random, not classes 0-9
+    assert len(set(nearest.tolist())) == 10
+    assert nearest.max() >= 10
+
+
 def test_outliers_follow_the_seed(train):
     assert torch.equal(virtual_outliers(train, 30, 1).embedding, virtual_outliers(train, 30, 1).embedding)
     assert not torch.equal(virtual_outliers(train, 30, 1).embedding, virtual_outliers(train, 30, 2).embedding)

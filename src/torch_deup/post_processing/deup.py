@@ -293,15 +293,17 @@ class DEUP(PostProcessing):
         features: feature extractors for ``g``; ``None`` picks a default at ``fit`` time
             (see :meth:`default_features`).
         target: ``"error"`` or ``"oof"`` (see the module docstring).
-        held_out_classes: number of class groups of the held-out-class protocol, used when
-            training outputs are given and a feature is fitted on them (``0`` disables it).
+        held_out_classes: number of class groups of the held-out-class protocol, used for a
+            classifier when training outputs are given and a feature is fitted on them (``0``
+            disables it; a regression task has no classes to hold out).
         held_out_weight: loss weight of each held-out-class or virtual-outlier row relative to a
             calibration row.
         virtual_outliers: virtual outliers (:mod:`torch_deup.post_processing.virtual_outliers`)
-            per calibration sample, used under the same conditions (``0`` disables them).
+            per calibration sample, used under the same conditions, classifiers only (``0``
+            disables them).
         ood_prior: weight share of the extra rows when fitting the OOD gate
             (:mod:`torch_deup.post_processing.ood_gate`); there is a gate when there are extra rows
-            and this is above 0 (the default, 0, disables it).
+            (so for a classifier only) and this is above 0 (the default, 0, disables it).
         layer_gate: fit the layer-statistics range gate (step 7 of the module docstring) when the
             calibration and training outputs of a classifier carry ``layer_stats``.
         layer_tail: share of the calibration rows the layer-statistics gate lifts
@@ -512,7 +514,13 @@ class DEUP(PostProcessing):
         """
         self._check_params()
         cal_outputs, cal_targets = self._collect(cal_loader, "DEUP: calibration outputs")
-        train = self._collect(train_loader, "DEUP: training outputs") if train_loader is not None else None
+        # a regressor's features fitted on nothing (its defaults) never read the training outputs
+        reads_train = self.task == "classification" or any(f.needs_fit for f in self.features or [])
+        train = (
+            self._collect(train_loader, "DEUP: training outputs")
+            if train_loader is not None and reads_train
+            else None
+        )
         return self.fit_outputs(cal_outputs, cal_targets, *(train or (None, None)))
 
     def fit_outputs(
@@ -674,6 +682,12 @@ class DEUP(PostProcessing):
             n_stop = max(1, len(train_idx) // self.num_folds)
             perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
             stop_idx, fit_idx = perm[:n_stop], perm[n_stop:]
+            if len(fit_idx) == 0:
+                raise ValueError(
+                    f"With {len(strata)} rows and num_folds={self.num_folds}, a fold model keeps no row "
+                    "to train on after its held-out fold and its early-stopping rows. Give more "
+                    "calibration data or lower `num_folds`."
+                )
             g, epoch = train_error_predictor(
                 make_g, x[fit_idx], log_target[fit_idx], self.max_epochs, generator, weight=weight[fit_idx],
                 x_val=x[stop_idx], log_target_val=log_target[stop_idx], weight_val=weight[stop_idx],
@@ -686,7 +700,8 @@ class DEUP(PostProcessing):
         self.oof_predictions_ = oof
         calibration_rows = strata >= 0  # the extra rows (stratum -1) have constant targets
         self.oof_spearman_ = spearman(oof[calibration_rows], log_target[calibration_rows])
-        self.final_epochs_ = max(1, round(float(torch.tensor(best_epochs, dtype=torch.float).median())))
+        # the median, the lower of the two middle values for an even number of folds
+        self.final_epochs_ = max(1, int(torch.tensor(best_epochs).median()))
         final_target = log_target if self.target == "error" else _log_target(oof)
         g, _ = train_error_predictor(
             make_g, x, final_target, self.final_epochs_, generator, weight=weight, **kwargs

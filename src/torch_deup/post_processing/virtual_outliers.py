@@ -51,7 +51,10 @@ def virtual_outliers(
         white = torch.randn(draws, len(mean), generator=generator, dtype=torch.float64)
         least_likely = white.square().sum(1).topk(per_class).indices
         samples.append(mean + white[least_likely] @ gaussian.cholesky_.T)
-    embedding = torch.cat(samples)[:num]
+    embedding = torch.cat(samples)
+    if len(embedding) > num:
+        # a random num of them: the first num would leave the last classes without outliers
+        embedding = embedding[torch.randperm(len(embedding), generator=generator)[:num].sort().values]
     logits = [(embedding @ weight.T + bias).float() for weight, bias in heads]
     if outputs.members is None:
         return ModelOutputs(logits[0], embedding.float())

@@ -11,7 +11,7 @@ draw fits every detector and DEUP configuration twice, once per task:
   classes (proxy OOD): held-out-class AUROC and SCOD_AUGRC ("near").
 - *full*: the deployed setting, nothing removed. DEUP is fitted on half A of the whole validation
   split and scored on half B: misclassification AUROC. For far OOD, synthetic inputs made from
-  nothing but validation images (:func:`corrupt`: uniform noise; pixels or patches shuffled;
+  half B's images alone (:func:`corrupt`: uniform noise; pixels or patches shuffled;
   an eighth of the resolution; a zoomed-in crop; a mosaic of four) are scored too, and for
   covariate shift seven *shifted* kinds of the same images (blurred, low contrast, channels
   swapped, inverted, grey, dark): SCOD_AUGRC with all far kinds as the OOD set ("far"), with all
@@ -54,8 +54,9 @@ SHIFTED = ("blur1", "blur1.5", "contrast", "channels", "invert", "gray", "dark")
 
 
 def proxy_tasks(sets: dict, draw: int) -> tuple[Tensor, dict, dict]:
-    """The held-out pair, then each task's fit rows, training outputs and ID evaluation outputs;
-    the near task also holds the held-out classes' validation outputs under ``"ood"``."""
+    """The held-out pair, then each task's fit rows, training outputs and ID evaluation outputs
+    (and their validation rows, ``"id_rows"``); the near task also holds the held-out classes'
+    validation outputs under ``"ood"``."""
     held = torch.randperm(10, generator=torch.Generator().manual_seed(draw))[:2]
     (train_out, train_y), (val_out, val_y) = sets["train"], sets["val"]
 
@@ -65,6 +66,7 @@ def proxy_tasks(sets: dict, draw: int) -> tuple[Tensor, dict, dict]:
             "fit": (val_out[val_rows[a]], val_y[val_rows[a]]),
             "train": (train_out[train_rows], train_y[train_rows]),
             "id": (val_out[val_rows[b]], val_y[val_rows[b]]),
+            "id_rows": val_rows[b],
         }
 
     near = task(torch.nonzero(~torch.isin(val_y, held)).flatten(), ~torch.isin(train_y, held))
@@ -135,25 +137,33 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
 
 
 def synthetic_outputs(
-    data: str, checkpoints: list[str], split_seed: int = 0, n: int = 1000, normalization: str = "cifar10"
+    data: str,
+    checkpoints: list[str],
+    cached_val: ModelOutputs,
+    split_seed: int = 0,
+    normalization: str = "cifar10",
 ) -> dict[str, ModelOutputs]:
-    """The model's outputs on ``n`` images of each :func:`corrupt` kind, far and shifted, made from validation
-    images drawn at random, the same share of each class (the validation indices come sorted, and
-    the image folder class by class: their first ``n`` would be two classes)."""
+    """The model's outputs on each :func:`corrupt` kind, far and shifted, of every validation
+    image, in the order of the cached validation outputs ``cached_val`` (checked on a batch): a
+    draw scores the corruptions of its ID half only, never of the rows DEUP is fitted on."""
     train = load_image_folder(f"{data}/train", progress=False)
     _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
-    _, chosen = stratified_split(train.targets[val_idx], n / len(val_idx), seed=split_seed)
+    val = train.images[val_idx]
     generator = torch.Generator().manual_seed(0)
-    val = train.images[val_idx[chosen]]
     model = load_model(checkpoints)
-    outputs = {}
-    for kind in SYNTHETIC + SHIFTED:
-        images = corrupt(val, kind, generator)
+    stats = NORMALIZATION[normalization]
+
+    def outputs_of(images: Tensor) -> ModelOutputs:
         tensors = type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes)
-        stats = NORMALIZATION[normalization]
         dataset = TensorImageDataset(tensors, stats.get("mean", CIFAR_MEAN), stats.get("std", CIFAR_STD))
-        outputs[kind] = collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
-    return outputs
+        return collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
+
+    if not torch.allclose(outputs_of(val[:500]).logits, cached_val.logits[:500], atol=1e-3):
+        raise SystemExit(
+            f"The validation images under {data} (split seed {split_seed}) are not those of the cached "
+            "outputs: pass the --data the cache was written from."
+        )
+    return {kind: outputs_of(corrupt(val, kind, generator)) for kind in SYNTHETIC + SHIFTED}
 
 
 def scod(s_id: Tensor, wrong: Tensor, s_ood: Tensor) -> tuple[float, float]:
@@ -208,7 +218,9 @@ def main() -> None:
         )
     sets = cached_sets(saved)
     # the synthetic images go through the model as its cached outputs did
-    far = synthetic_outputs(args.data, args.checkpoint, normalization=saved.get("normalization", "cifar10"))
+    corrupted = synthetic_outputs(
+        args.data, args.checkpoint, sets["val"][0], normalization=saved.get("normalization", "cifar10")
+    )
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
     names = baselines + [f"DEUP {c}" for c in args.configs]
@@ -216,6 +228,7 @@ def main() -> None:
     fit_times = {name: 0.0 for name in names}
     for draw in range(args.draws):
         held, near, full = proxy_tasks(sets, draw)
+        far = {kind: outputs[full["id_rows"]] for kind, outputs in corrupted.items()}
         print(f"draw {draw}: held-out classes {held.tolist()}", flush=True)
         for name in baselines:
             fitted = []

@@ -181,7 +181,7 @@ def conformal_evidence(cal: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(values - cal.max()) / cal.std()
 
 
-def log_evidence(t: torch.Tensor, weight: float, onset: float = 2.0) -> torch.Tensor:
+def log_evidence(t: torch.Tensor, weight: float, onset: float = 3.0) -> torch.Tensor:
     """DEUP's log-evidence: from the onset on, relative to the larger of the onset and 1."""
     return weight * (t.clamp_min(onset) - max(onset, 1.0))
 

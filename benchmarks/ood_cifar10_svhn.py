@@ -316,7 +316,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{row['criterion']:<26}" + "".join(f"{cell:>12}" for cell in cells))
 
 
-def plot(rows: list[dict], path: str, title: str) -> None:
+def plot(rows: list[dict], path: str, title: str, id_set: str = "CIFAR-10 test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,8 +338,8 @@ def plot(rows: list[dict], path: str, title: str) -> None:
             xytext=(4, 4),
             textcoords="offset points",
         )
-    ax.set_xlabel("misclassification AUROC, CIFAR-10 test (%)")
-    ax.set_ylabel("OOD AUROC, CIFAR-10 vs SVHN (%)")
+    ax.set_xlabel(f"misclassification AUROC, {id_set} (%)")
+    ax.set_ylabel(f"OOD AUROC, {id_set} vs SVHN (%)")
     ax.set_title(f"{title}: every criterion on the same outputs")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
@@ -382,6 +382,7 @@ def main() -> None:
             args.plot,
             ("ResNet-20" if len(args.checkpoint) == 1 else f"{len(args.checkpoint)} ResNet-20s")
             + (", published" if args.published else ""),
+            "CIFAR-10 test, evaluation half" if args.published else "CIFAR-10 test",
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

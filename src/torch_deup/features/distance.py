@@ -166,7 +166,8 @@ class KNNDistance(FeatureExtractor):
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "bank_")
         # the distance the bank was prepared for: loaded into other settings it would be misread
-        return {"bank_": self.bank_, "center_": self.center_, "k": self.k, "normalize": self.normalize}
+        center = getattr(self, "center_", None)  # loaded from a state saved before it was kept: none
+        return {"bank_": self.bank_, "center_": center, "k": self.k, "normalize": self.normalize}
 
 
 class TrustScore(KNNDistance):

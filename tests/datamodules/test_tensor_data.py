@@ -49,6 +49,10 @@ def test_two_processes_writing_the_cache_at_once_both_succeed(tmp_path, monkeypa
     outer = load()
     assert torch.equal(outer.images, inner[0].images)
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".pt"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    # readable as the umask allows (a cache shared between users), not private as a temporary file
+    assert next((tmp_path / "cache").iterdir()).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_an_image_rewritten_at_the_same_size_is_decoded_again(tmp_path):

@@ -65,9 +65,15 @@ def test_off_subspace_embedding_scores_higher(head):
 
 
 def test_a_head_that_cannot_be_recovered_is_refused_or_warned_about(head):
-    outputs = linear_outputs(10, 0, head)  # 10 rows, 10 dimensions + 1 unknowns per logit
-    with pytest.raises(ValueError, match=r"more rows than embedding dimensions \+ 1 \(11\), but got 10"):
-        recover_linear_head(outputs.embedding, outputs.logits)
+    for rows in (10, 11):  # 11 rows fit 11 unknowns per logit exactly, whatever the logits
+        outputs = linear_outputs(rows, 0, head)
+        with pytest.raises(
+            ValueError, match=rf"more rows than embedding dimensions \+ 1 \(11\), but got {rows}"
+        ):
+            recover_linear_head(outputs.embedding, outputs.logits)
+    random_logits = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not an affine function"):
+        recover_linear_head(linear_outputs(12, 0, head).embedding, random_logits)
     outputs = linear_outputs(500, 0, head)
     dead = outputs.embedding.clone()
     dead[:, 3] = 0.0  # a ReLU unit that never fires: its weight is not in the data

@@ -162,6 +162,10 @@ def _decode_cached(
     tmp = Path(name)
     try:
         torch.save({"images": data.images, "targets": data.targets, "classes": classes}, tmp)
+        # mkstemp makes the file private (0600); a cache shared between users keeps the umask's mode
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, cache_file)
     finally:
         tmp.unlink(missing_ok=True)

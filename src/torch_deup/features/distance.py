@@ -291,8 +291,10 @@ class MahalanobisDistance(FeatureExtractor):
         embedding = require_embedding(outputs, self).double()
         targets = check_fit_inputs(embedding, targets)
         classes, inverse, _, means = class_means(embedding, targets)
+        # with fewer rows than classes + dimensions the covariance is singular and the jitter
+        # regularises it (directions no training row varies in then count as far); with as many
+        # rows as classes it is 0, and the distances would be the jitter's noise
         if len(embedding) <= len(classes):
-            # every row is its class's mean: the shared covariance is 0 and the distances jitter noise
             raise ValueError(
                 f"MahalanobisDistance needs more training rows than classes to estimate the shared "
                 f"covariance, but got {len(embedding)} rows of {len(classes)} classes. Fit on more data."

@@ -35,7 +35,7 @@ def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tens
         ([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], [1.0, 1.0])
     """
     design = torch.cat([embedding.double(), torch.ones(len(embedding), 1, dtype=torch.float64)], dim=1)
-    if len(design) < design.shape[1]:
+    if len(design) <= design.shape[1]:  # D + 1 rows fit any logits exactly: nothing would be checked
         raise ValueError(
             f"Recovering the linear head needs more rows than embedding dimensions + 1 "
             f"({design.shape[1]}), but got {len(design)}. Fit on more of the training split."
@@ -46,7 +46,7 @@ def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tens
         warnings.warn(
             f"The recorded embedding spans {int(fit.rank) - 1} of its {design.shape[1] - 1} dimensions on "
             "these rows (constant ones, such as ReLU units that never fire): the head's weights on the "
-            "others cannot be recovered, and the minimum-norm head is used for ViM's origin.",
+            "others cannot be recovered, and the minimum-norm head is used.",
             stacklevel=2,
         )
     solution = fit.solution

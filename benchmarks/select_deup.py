@@ -140,12 +140,14 @@ def synthetic_outputs(
     data: str,
     checkpoints: list[str],
     cached_val: ModelOutputs,
+    halves: list[Tensor],
     split_seed: int = 0,
     normalization: str = "cifar10",
-) -> dict[str, ModelOutputs]:
-    """The model's outputs on each :func:`corrupt` kind, far and shifted, of every validation
-    image, in the order of the cached validation outputs ``cached_val`` (checked on a batch): a
-    draw scores the corruptions of its ID half only, never of the rows DEUP is fitted on."""
+) -> list[dict[str, ModelOutputs]]:
+    """For each draw, the model's outputs on each :func:`corrupt` kind, far and shifted, of the
+    validation rows ``halves[draw]`` (the draw's ID half; in the order of the cached validation
+    outputs ``cached_val``, checked on a batch): a draw never scores corruptions of the rows DEUP
+    is fitted on, and its mosaics mix images of its ID half only."""
     train = load_image_folder(f"{data}/train", progress=False)
     _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
     val = train.images[val_idx]
@@ -163,7 +165,17 @@ def synthetic_outputs(
             f"The validation images under {data} (split seed {split_seed}) are not those of the cached "
             "outputs: pass the --data the cache was written from."
         )
-    return {kind: outputs_of(corrupt(val, kind, generator)) for kind in SYNTHETIC + SHIFTED}
+    # the mosaic is the last kind that draws random numbers: the others keep their images
+    per_image = {
+        kind: outputs_of(corrupt(val, kind, generator)) for kind in SYNTHETIC + SHIFTED if kind != "mosaic"
+    }
+    draws = []
+    for rows in halves:
+        mosaic = outputs_of(corrupt(val[rows], "mosaic", torch.Generator().manual_seed(0)))
+        draws.append(
+            {kind: mosaic if kind == "mosaic" else per_image[kind][rows] for kind in SYNTHETIC + SHIFTED}
+        )
+    return draws
 
 
 def scod(s_id: Tensor, wrong: Tensor, s_ood: Tensor) -> tuple[float, float]:
@@ -218,8 +230,13 @@ def main() -> None:
         )
     sets = cached_sets(saved)
     # the synthetic images go through the model as its cached outputs did
+    halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in range(args.draws)]
     corrupted = synthetic_outputs(
-        args.data, args.checkpoint, sets["val"][0], normalization=saved.get("normalization", "cifar10")
+        args.data,
+        args.checkpoint,
+        sets["val"][0],
+        halves,
+        normalization=saved.get("normalization", "cifar10"),
     )
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
@@ -228,7 +245,7 @@ def main() -> None:
     fit_times = {name: 0.0 for name in names}
     for draw in range(args.draws):
         held, near, full = proxy_tasks(sets, draw)
-        far = {kind: outputs[full["id_rows"]] for kind, outputs in corrupted.items()}
+        far = corrupted[draw]
         print(f"draw {draw}: held-out classes {held.tolist()}", flush=True)
         for name in baselines:
             fitted = []

@@ -230,7 +230,8 @@ def main() -> None:
         )
     sets = cached_sets(saved)
     # the synthetic images go through the model as its cached outputs did
-    halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in range(args.draws)]
+    tasks = [proxy_tasks(sets, draw) for draw in range(args.draws)]
+    halves = [full["id_rows"] for _, _, full in tasks]
     corrupted = synthetic_outputs(
         args.data,
         args.checkpoint,
@@ -244,7 +245,7 @@ def main() -> None:
     results = {name: [] for name in names}
     fit_times = {name: 0.0 for name in names}
     for draw in range(args.draws):
-        held, near, full = proxy_tasks(sets, draw)
+        held, near, full = tasks[draw]
         far = corrupted[draw]
         print(f"draw {draw}: held-out classes {held.tolist()}", flush=True)
         for name in baselines:

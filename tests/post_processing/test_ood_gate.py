@@ -334,19 +334,32 @@ def test_deup_records_layer_statistics_only_when_it_reads_them():
     assert DEUP(model=model, layer_weight=0.0).model_outputs(torch.randn(4, 1, 5, 5)).layer_stats is None
 
 
+def load_older_save(
+    deup: DEUP, model: nn.Module, tmp_path, params: tuple[str, ...], state_keys: tuple
+) -> DEUP:
+    """``deup`` saved, then loaded from what an older version wrote: its file without the parameters
+    ``params`` and the state entries ``state_keys`` (a key, or a path of keys into nested entries)."""
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    for key in params:
+        del state["params"][key]
+    for path in state_keys:
+        *parents, last = (path,) if isinstance(path, str) else path
+        entry = state
+        for parent in parents:
+            entry = entry[parent]
+        del entry[last]
+    torch.save(state, tmp_path / "old.pt")
+    return DEUP.load(tmp_path / "old.pt", model=model)
+
+
 def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_one(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    deup.save(tmp_path / "deup.pt")
-    state = torch.load(tmp_path / "deup.pt", weights_only=True)
     # what the version before the layer gate wrote: no layer terms, their parameters absent, no
     # top-level cost
-    for key in ("layer_gate", "layer_tail", "layer_weight", "layers"):
-        del state["params"][key]
-    del state["layer_gate"]
-    del state["error_cost"]
-    torch.save(state, tmp_path / "old.pt")
-    old = DEUP.load(tmp_path / "old.pt", model=model)
+    params = ("layer_gate", "layer_tail", "layer_weight", "layers")
+    old = load_older_save(deup, model, tmp_path, params, ("layer_gate", "error_cost"))
     assert (old.layer_, old.layer_gate_, old.layer_evidence_) == (None, None, None)
     assert (old.layer_gate, old.layer_weight) == (False, 0.0)
     old.fit(image_loader(90, 0), image_loader(150, 1))
@@ -357,13 +370,9 @@ def test_a_save_from_before_the_layer_gate_loads_without_one_and_refits_without_
 def test_a_save_from_before_the_layer_evidence_loads_with_its_gate_alone(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, layer_gate=True, layer_weight=0, **LAYER)
-    deup.fit(image_loader(90, 0), image_loader(150, 1)).save(tmp_path / "deup.pt")
-    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    deup.fit(image_loader(90, 0), image_loader(150, 1))
     # what the version with the gate but before the evidence wrote
-    del state["params"]["layer_weight"]
-    del state["layer_gate"]["evidence"]
-    torch.save(state, tmp_path / "old.pt")
-    old = DEUP.load(tmp_path / "old.pt", model=model)
+    old = load_older_save(deup, model, tmp_path, ("layer_weight",), (("layer_gate", "evidence"),))
     assert old.layer_weight == 0.0
     assert old.layer_evidence_ is None
     x = torch.randn(30, 1, 5, 5) * 3
@@ -403,12 +412,7 @@ def test_the_knn_evidence_needs_a_classifier_with_training_data_and_a_knn_featur
 def test_a_save_from_before_the_evidence_onset_scores_as_before_with_w_times_t_minus_one(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, evidence_onset=0.0, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    deup.save(tmp_path / "deup.pt")
-    state = torch.load(tmp_path / "deup.pt", weights_only=True)
-    del state["params"]["evidence_onset"]
-    del state["evidence_onset"]
-    torch.save(state, tmp_path / "old.pt")
-    old = DEUP.load(tmp_path / "old.pt", model=model)
+    old = load_older_save(deup, model, tmp_path, ("evidence_onset",), ("evidence_onset",))
     x = torch.randn(30, 1, 5, 5) * 2
     assert old.evidence_onset == 0.0
     assert torch.equal(old(x), deup(x))
@@ -420,13 +424,8 @@ def test_a_save_from_before_the_evidence_onset_scores_as_before_with_w_times_t_m
 def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_path):
     model = conv_net()
     deup = DEUP(model=model, knn_weight=0, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    deup.save(tmp_path / "deup.pt")
-    state = torch.load(tmp_path / "deup.pt", weights_only=True)
     # what the version before the KNN evidence wrote
-    del state["params"]["knn_weight"]
-    del state["knn_evidence"]
-    torch.save(state, tmp_path / "old.pt")
-    old = DEUP.load(tmp_path / "old.pt", model=model)
+    old = load_older_save(deup, model, tmp_path, ("knn_weight",), ("knn_evidence",))
     assert (old.knn_weight, old.knn_evidence_) == (0.0, None)
     assert old.fit(image_loader(90, 0), image_loader(150, 1)).knn_evidence_ is None
 

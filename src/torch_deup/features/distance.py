@@ -116,9 +116,13 @@ class KNNDistance(FeatureExtractor):
         embedding = embedding.float()
         if self.normalize:
             return F.normalize(embedding, dim=1)
-        # a Euclidean distance does not change under a shift; fitted before it was kept: none
-        center = getattr(self, "center_", None)
-        return embedding if center is None else embedding - center
+        # a Euclidean distance does not change under a shift
+        return embedding if self._center is None else embedding - self._center
+
+    @property
+    def _center(self) -> Tensor | None:
+        """``center_``; ``None`` for a bank fitted or loaded before it was kept."""
+        return getattr(self, "center_", None)
 
     def _fit_bank(self, embedding: Tensor) -> None:
         """``bank_`` (and ``center_`` for the Euclidean distance) from the kept training embeddings."""
@@ -166,8 +170,7 @@ class KNNDistance(FeatureExtractor):
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "bank_")
         # the distance the bank was prepared for: loaded into other settings it would be misread
-        center = getattr(self, "center_", None)  # loaded from a state saved before it was kept: none
-        return {"bank_": self.bank_, "center_": center, "k": self.k, "normalize": self.normalize}
+        return {"bank_": self.bank_, "center_": self._center, "k": self.k, "normalize": self.normalize}
 
 
 class TrustScore(KNNDistance):

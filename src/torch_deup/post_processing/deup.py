@@ -442,11 +442,16 @@ class DEUP(PostProcessing):
     def needs_layer_stats(self) -> bool:
         """Whether its parameters ask for the statistics (the next fit reads them), or the fitted
         state does (scoring reads them: the layer evidence or gate, or a feature)."""
-        asks = self.task == "classification" and (self.layer_gate or self.layer_weight > 0)
         fitted = self.g_ is not None and (
             self.layer_ is not None or any(f.needs_layer_stats for f in self.features_)
         )
-        return asks or fitted or any(f.needs_layer_stats for f in self.features or [])
+        return self._asks_layer_distance or fitted or any(f.needs_layer_stats for f in self.features or [])
+
+    @property
+    def _asks_layer_distance(self) -> bool:
+        """Whether the parameters ask for the layer statistics' distance: a classifier's layer gate
+        or layer evidence (step 7)."""
+        return self.task == "classification" and (self.layer_gate or self.layer_weight > 0)
 
     def _check_fitted(self) -> None:
         if self.g_ is None:
@@ -580,11 +585,7 @@ class DEUP(PostProcessing):
                 features, widths, x, cal_outputs, cal_targets, cost, train
             )
         layer, layer_gate, layer_evidence = None, None, None
-        if (
-            cost is not None
-            and (self.layer_gate or self.layer_weight > 0)
-            and cal_outputs.layer_stats is not None
-        ):
+        if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is not None:
             layer, distances = _fit_layer_distance(cal_outputs, train)
             layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
             layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None

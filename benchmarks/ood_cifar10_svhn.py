@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.reference_deup import fit_reference_deup
 
 CACHED = ("logits", "embedding", "members", "layer_stats")  # the ModelOutputs fields in the cache
-CACHE_VERSION = 7  # bumped when what the cache holds changes (7: chunked two-pass statistics)
+CACHE_VERSION = 8  # bumped when what the cache holds changes (7: chunked two-pass statistics; 8: setup)
 # the input normalisation each checkpoint was trained with (akamaster's used ImageNet's statistics)
 NORMALIZATION = {
     "cifar10": {},  # the data module's default, CIFAR-10's own statistics
@@ -93,6 +93,14 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     cache = Path(args.cache) if args.cache else None
     checkpoint_sha256 = checkpoints_sha256(args.checkpoint)
     data = str(Path(args.data).resolve())
+    dm = data_module(args)
+    # what the outputs depend on besides the checkpoint: the resolved input statistics and the split
+    setup = {
+        "mean": list(dm.mean or dm.default_mean),
+        "std": list(dm.std or dm.default_std),
+        "val_split": dm.val_split,
+        "split_seed": dm.split_seed,
+    }
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=True)
         key = (
@@ -100,14 +108,14 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
             saved.get("version"),
             saved.get("normalization"),
             saved.get("data"),
+            saved.get("setup"),
         )
-        if key == (checkpoint_sha256, CACHE_VERSION, args.normalization, data):
+        if key == (checkpoint_sha256, CACHE_VERSION, args.normalization, data, setup):
             return cached_sets(saved), saved["times"]
         print(
-            f"{cache} holds the outputs of another checkpoint, normalisation or data folder, or older "
-            "fields: recomputing"
+            f"{cache} holds the outputs of another checkpoint, normalisation, split or data folder, or "
+            "older fields: recomputing"
         )
-    dm = data_module(args)
     model = load_model(args.checkpoint)
     loaders = {
         "train": dm.train_eval_dataloader(),
@@ -132,6 +140,7 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
             "checkpoint_sha256": checkpoint_sha256,
             "normalization": args.normalization,
             "data": data,
+            "setup": setup,
             "version": CACHE_VERSION,
         }
         torch.save(saved, cache)
@@ -341,7 +350,7 @@ def plot(rows: list[dict], path: str, title: str, id_set: str = "CIFAR-10 test")
     ax.set_xlabel(f"misclassification AUROC, {id_set} (%)")
     ax.set_ylabel(f"OOD AUROC, {id_set} vs SVHN (%)")
     ax.set_title(f"{title}: every criterion on the same outputs")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)  # where it covers the fewest points
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

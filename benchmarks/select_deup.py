@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from ood_cifar10_svhn import CACHE_VERSION, NORMALIZATION, cached_sets, checkpoints_sha256, load_model
+from ood_cifar10_svhn import CACHE_VERSION, cached_sets, checkpoints_sha256, load_model
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
@@ -47,8 +47,6 @@ from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs, collect_outputs
 from torch_deup.post_processing import DEUP
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 SYNTHETIC = ("noise", "pixels", "patches", "lowres", "zoom", "mosaic")
 SHIFTED = ("blur1", "blur1.5", "contrast", "channels", "invert", "gray", "dark")
 
@@ -141,29 +139,28 @@ def synthetic_outputs(
     checkpoints: list[str],
     cached_val: ModelOutputs,
     halves: list[Tensor],
-    split_seed: int = 0,
-    normalization: str = "cifar10",
+    setup: dict,
 ) -> list[dict[str, ModelOutputs]]:
     """For each draw, the model's outputs on each :func:`corrupt` kind, far and shifted, of the
     validation rows ``halves[draw]`` (the draw's ID half; in the order of the cached validation
     outputs ``cached_val``, checked on a batch): a draw never scores corruptions of the rows DEUP
-    is fitted on, and its mosaics mix images of its ID half only."""
+    is fitted on, and its mosaics mix images of its ID half only. ``setup`` is the cache's record of
+    the input statistics and the validation split (``mean``, ``std``, ``val_split``, ``split_seed``)."""
     train = load_image_folder(f"{data}/train", progress=False)
-    _, val_idx = stratified_split(train.targets, 0.1, seed=split_seed)
+    _, val_idx = stratified_split(train.targets, setup["val_split"], seed=setup["split_seed"])
     val = train.images[val_idx]
     generator = torch.Generator().manual_seed(0)
     model = load_model(checkpoints)
-    stats = NORMALIZATION[normalization]
 
     def outputs_of(images: Tensor) -> ModelOutputs:
         tensors = type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes)
-        dataset = TensorImageDataset(tensors, stats.get("mean", CIFAR_MEAN), stats.get("std", CIFAR_STD))
+        dataset = TensorImageDataset(tensors, tuple(setup["mean"]), tuple(setup["std"]))
         return collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
 
     if not torch.allclose(outputs_of(val[:500]).logits, cached_val.logits[:500], atol=1e-3):
         raise SystemExit(
-            f"The validation images under {data} (split seed {split_seed}) are not those of the cached "
-            "outputs: pass the --data the cache was written from."
+            f"The validation images under {data} (split seed {setup['split_seed']}) are not those of "
+            "the cached outputs: pass the --data the cache was written from."
         )
     # the mosaic is the last kind that draws random numbers: the others keep their images
     per_image = {
@@ -237,7 +234,7 @@ def main() -> None:
         args.checkpoint,
         sets["val"][0],
         halves,
-        normalization=saved.get("normalization", "cifar10"),
+        saved["setup"],
     )
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
@@ -274,10 +271,7 @@ def main() -> None:
         m = torch.stack(results[name])
         mean, std = m.mean(0), m.std(0) if len(m) > 1 else torch.zeros(m.shape[1])
         far_kinds, shift_kinds = mean[5 : 5 + len(SYNTHETIC)], mean[5 + len(SYNTHETIC) :]
-        means[name] = {
-            "held": mean[0], "mis": mean[1], "scod": mean[2:5].sum(),
-            "far": far_kinds.mean(), "shifted": shift_kinds.mean(),
-        }  # fmt: skip
+        means[name] = {"held": mean[0], "mis": mean[1], "scod": mean[2:5].sum(), "kinds": mean[5:]}
         print(
             f"{name:<40} held-out AUROC {mean[0]:6.2f}±{std[0]:4.2f}  mis AUROC {mean[1]:6.2f}±{std[1]:4.2f}"
             f"  SCOD_AUGRC near {mean[2]:6.3f} far {mean[3]:6.3f} shifted {mean[4]:6.3f}"
@@ -292,24 +286,35 @@ def main() -> None:
 
 def print_choice(means: dict[str, dict[str, Tensor]], baselines: list[str]) -> None:
     """The selection rule: among the DEUP configurations whose SCOD_AUGRC sum is within 0.015 (the
-    noise of three draws) of the lowest, the one with the widest margin to the issue's two AUROC
-    targets, read on the proxy: misclassification AUROC at least MSP's minus 1, and OOD AUROC at
-    least the best baseline's minus 1 on each OOD set (held-out classes, far, shifted)."""
+    noise of three draws) of the lowest, the one with the widest smallest margin to the issue's two
+    AUROC targets, read on the proxy: misclassification AUROC at least MSP's minus 1, and OOD AUROC
+    at least the best baseline's minus 1 on each OOD set, as the test's bar is set on its one OOD
+    set. The margin of the far and of the shifted group is the mean of its kinds' margins; the
+    held-out classes are one set."""
     configs = [name for name in means if name not in baselines]
     if not configs:
         return
-    bars = {"mis": means["msp"]["mis"] - 1}
-    bars |= {key: max(means[b][key] for b in baselines) - 1 for key in ("held", "far", "shifted")}
+    kind_bars = torch.stack([means[b]["kinds"] for b in baselines]).amax(0) - 1
+    groups = {"far": slice(0, len(SYNTHETIC)), "shifted": slice(len(SYNTHETIC), None)}
+
+    def group_margins(name: str) -> dict[str, Tensor]:
+        margins = {
+            "mis": means[name]["mis"] - (means["msp"]["mis"] - 1),
+            "held": means[name]["held"] - (max(means[b]["held"] for b in baselines) - 1),
+        }
+        return margins | {g: (means[name]["kinds"] - kind_bars)[rows].mean() for g, rows in groups.items()}
+
     lowest = min(means[name]["scod"] for name in configs)
-    print(f"\nmargins to the targets ({', '.join(f'{k} >= {v:.2f}' for k, v in bars.items())}):")
-    margins, eligible = {}, []
+    print("\nmargins to the targets (per OOD kind: the best baseline's AUROC minus 1):")
+    smallest, eligible = {}, []
     for name in configs:
-        margins[name] = min(means[name][key] - bar for key, bar in bars.items())
+        margins = group_margins(name)
+        smallest[name] = min(margins.values())
         if means[name]["scod"] <= lowest + 0.015:
             eligible.append(name)
-        within = name in eligible
-        print(f"{name:<40} smallest margin {margins[name]:5.2f}  SCOD_AUGRC sum within 0.015: {within}")
-    print(f"chosen: {max(eligible, key=margins.get)}")
+        shown = "  ".join(f"{key} {value:5.2f}" for key, value in margins.items())
+        print(f"{name:<40} {shown}  smallest {smallest[name]:5.2f}  SCOD within 0.015: {name in eligible}")
+    print(f"chosen: {max(eligible, key=smallest.get)}")
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def conformal_evidence(cal: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return -torch.log((1.0 + at_least) / (len(cal) + 1)) + torch.relu(values - cal.max()) / cal.std()
 
 
-def log_evidence(t: torch.Tensor, weight: float, onset: float = 3.0) -> torch.Tensor:
+def log_evidence(t: torch.Tensor, weight: float, onset: float) -> torch.Tensor:
     """DEUP's log-evidence: from the onset on, relative to the larger of the onset and 1."""
     return weight * (t.clamp_min(onset) - max(onset, 1.0))
 
@@ -437,7 +437,8 @@ def test_a_save_from_before_the_knn_evidence_loads_and_refits_without_it(tmp_pat
 )
 def test_the_knn_evidence_reads_g_s_knn_column_wherever_it_lies(make_model, features, ood_prior):
     model = make_model()
-    fast = {"max_epochs": 3, "progress": False, "held_out_classes": 2, "knn_weight": 0.4}
+    fast = {"max_epochs": 3, "progress": False, "held_out_classes": 2}
+    fast |= {"knn_weight": 0.4, "evidence_onset": 2.5}
     deup = DEUP(model=model, features=features, ood_prior=ood_prior, **fast)
     deup.fit(loader(90, 0), train_loader=loader(150, 1))
     knn = next(f for f in deup.features_ if type(f) is KNNDistance)
@@ -455,5 +456,5 @@ def test_the_knn_evidence_reads_g_s_knn_column_wherever_it_lies(make_model, feat
         expected = deup.error_cost_ * pi + (1 - pi) * expected
     t = conformal_evidence(knn(cal_outputs)[:, 0], knn(outputs)[:, 0])
     torch.testing.assert_close(
-        deup.score_outputs(outputs), (expected * torch.exp(log_evidence(t, 0.4))).float()
+        deup.score_outputs(outputs), (expected * torch.exp(log_evidence(t, 0.4, 2.5))).float()
     )

@@ -50,13 +50,14 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    evidence enters smoothly: as it is about independent of the errors, a small weight changes the
    misclassification ranking only to second order while OOD inputs gain to first order, where a
    hard gate lifts a few inputs all the way. The onset keeps it off the bulk of in-distribution
-   inputs: with ``t0 = 3``, the share ``exp(-3)``, 5%, of the calibration rows with the most
-   unusual statistics, where it was noise on the ranking of the model's errors. The KNN distance
+   inputs, where it is noise on the ranking of the model's errors: with ``t0 = 1.5``, it reaches
+   only the share ``exp(-1.5)``, 22%, of the calibration rows with the most unusual statistics.
+   The KNN distance
    of ``g``'s own column (for a classifier with training outputs) adds its evidence the same way,
    ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g`` reads that column anyway):
    an input of a class the model never saw has ordinary low-level statistics but lies far from
    the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
-   ``layer_weight=1, knn_weight=0.25, evidence_onset=3``, were chosen on the proxy of
+   ``layer_weight=1, knn_weight=0.5, evidence_onset=1.5``, were chosen on the proxy of
    ``benchmarks/select_deup.py`` (tables and rule in :mod:`~torch_deup.post_processing.ood_gate`).
    ``layer_gate=True`` adds a range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`)
    on the same distance instead or as well: it lifts inputs beyond all but a share ``layer_tail``
@@ -355,8 +356,8 @@ class DEUP(PostProcessing):
         layer_gate: bool = False,
         layer_tail: float = 0.01,
         layer_weight: float = 1.0,
-        knn_weight: float = 0.25,
-        evidence_onset: float = 3.0,
+        knn_weight: float = 0.5,
+        evidence_onset: float = 1.5,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,

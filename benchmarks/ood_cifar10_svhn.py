@@ -94,10 +94,11 @@ def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs,
     checkpoint_sha256 = checkpoints_sha256(args.checkpoint)
     data = str(Path(args.data).resolve())
     dm = data_module(args)
-    # what the outputs depend on besides the checkpoint: the resolved input statistics and the split
+    dm.setup()  # resolves the input statistics (decoded images are cached: a few seconds)
+    # what the outputs depend on besides the checkpoint: the input statistics and the split
     setup = {
-        "mean": list(dm.mean or dm.default_mean),
-        "std": list(dm.std or dm.default_std),
+        "mean": list(dm.mean_),
+        "std": list(dm.std_),
         "val_split": dm.val_split,
         "split_seed": dm.split_seed,
     }
@@ -337,16 +338,15 @@ def plot(rows: list[dict], path: str, title: str, id_set: str = "CIFAR-10 test")
     ood_bar = max(r["OOD AUROC"] for r in others) - 1
     mis_bar = next(r["Mis AUROC"] for r in rows if r["criterion"] == "MSP") - 1
     ax.fill_between([mis_bar, 100], ood_bar, 100, color="C2", alpha=0.15, label="target region")
-    for row in rows:
+    for i, row in enumerate(rows):
         ours = row["criterion"].startswith("DEUP (ours")
-        ax.scatter(row["Mis AUROC"], row["OOD AUROC"], s=80 if ours else 40, c="C3" if ours else "C0")
-        ax.annotate(
-            row["criterion"],
-            (row["Mis AUROC"], row["OOD AUROC"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+        point = (row["Mis AUROC"], row["OOD AUROC"])
+        ax.scatter(*point, s=80 if ours else 40, c="C3" if ours else "C0")
+        # a label per line where points crowd (MSP and entropy, max-logit and energy)
+        near = [abs(r["Mis AUROC"] - point[0]) < 3 and abs(r["OOD AUROC"] - point[1]) < 3 for r in rows[:i]]
+        crowd = sum(near)
+        offset = (4, 4 - 10 * crowd)
+        ax.annotate(row["criterion"], point, fontsize=8, xytext=offset, textcoords="offset points")
     ax.set_xlabel(f"misclassification AUROC, {id_set} (%)")
     ax.set_ylabel(f"OOD AUROC, {id_set} vs SVHN (%)")
     ax.set_title(f"{title}: every criterion on the same outputs")

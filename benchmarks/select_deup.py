@@ -25,7 +25,9 @@ Prints the averages over ``--draws`` draws for MSP, KNN, GDA, ViM and each DEUP 
 as JSON (each draw also reseeds the halves and DEUP). With several ``--checkpoint`` files, the same
 for their deep ensemble (mutual information replaces ViM), from the outputs ``ood_cifar10_svhn.py``
 cached for it. Then the selection rule's margins and choice among the configurations
-(:func:`print_choice`).
+(:func:`print_choice`). ``--save FILE`` writes the means; ``--combine FILE ...`` then prints the
+choice of one default for several proxies, such as a single model's and an ensemble's
+(:func:`print_shared_choice`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +52,8 @@ from torch_deup.post_processing import DEUP
 
 SYNTHETIC = ("noise", "pixels", "patches", "lowres", "zoom", "mosaic")
 SHIFTED = ("blur1", "blur1.5", "contrast", "channels", "invert", "gray", "dark")
+# where each group of kinds sits in the per-kind AUROCs (``proxy_metrics`` lists far, then shifted)
+KIND_GROUPS = {"far": slice(0, len(SYNTHETIC)), "shifted": slice(len(SYNTHETIC), None)}
 
 
 def proxy_tasks(sets: dict, draw: int) -> tuple[Tensor, dict, dict]:
@@ -211,7 +216,14 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
     )
+    parser.add_argument("--save", default=None, help="write the means to this JSON file, for --combine")
+    parser.add_argument(
+        "--combine", nargs="+", default=None, help="JSON files of --save: print the rule's shared choice"
+    )
     args = parser.parse_args()
+    if args.combine:
+        print_shared_choice(args.combine)
+        return
     ensemble = len(args.checkpoint) > 1
     outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
@@ -270,8 +282,8 @@ def main() -> None:
     for name in names:
         m = torch.stack(results[name])
         mean, std = m.mean(0), m.std(0) if len(m) > 1 else torch.zeros(m.shape[1])
-        far_kinds, shift_kinds = mean[5 : 5 + len(SYNTHETIC)], mean[5 + len(SYNTHETIC) :]
         means[name] = {"held": mean[0], "mis": mean[1], "scod": mean[2:5].sum(), "kinds": mean[5:]}
+        far_kinds, shift_kinds = (mean[5:][rows] for rows in KIND_GROUPS.values())
         print(
             f"{name:<40} held-out AUROC {mean[0]:6.2f}±{std[0]:4.2f}  mis AUROC {mean[1]:6.2f}±{std[1]:4.2f}"
             f"  SCOD_AUGRC near {mean[2]:6.3f} far {mean[3]:6.3f} shifted {mean[4]:6.3f}"
@@ -282,39 +294,61 @@ def main() -> None:
             flush=True,
         )
     print_choice(means, baselines)
+    if args.save:
+        record = {name: {key: value.tolist() for key, value in m.items()} for name, m in means.items()}
+        Path(args.save).write_text(json.dumps({"baselines": baselines, "means": record}, indent=1))
+
+
+def margins(means: dict[str, dict[str, Tensor]], baselines: list[str]) -> tuple[dict, list[str]]:
+    """The selection rule's margins of each DEUP configuration and the eligible configurations.
+
+    Margins to the issue's two AUROC targets, read on the proxy: misclassification AUROC at least
+    MSP's minus 1, and OOD AUROC at least the best baseline's minus 1 on each OOD set, as the test's
+    bar is set on its one OOD set. The margin of the far and of the shifted group is the mean of
+    its kinds' margins; the held-out classes are one set. Eligible: a SCOD_AUGRC sum within 0.015
+    (the noise of three draws) of the lowest."""
+    configs = [name for name in means if name not in baselines]
+    kind_bars = torch.stack([means[b]["kinds"] for b in baselines]).amax(0) - 1
+    result = {}
+    for name in configs:
+        result[name] = {
+            "mis": float(means[name]["mis"] - (means["msp"]["mis"] - 1)),
+            "held": float(means[name]["held"] - (max(means[b]["held"] for b in baselines) - 1)),
+        } | {g: float((means[name]["kinds"] - kind_bars)[rows].mean()) for g, rows in KIND_GROUPS.items()}
+    lowest = min((means[name]["scod"] for name in configs), default=0.0)
+    return result, [name for name in configs if means[name]["scod"] <= lowest + 0.015]
 
 
 def print_choice(means: dict[str, dict[str, Tensor]], baselines: list[str]) -> None:
-    """The selection rule: among the DEUP configurations whose SCOD_AUGRC sum is within 0.015 (the
-    noise of three draws) of the lowest, the one with the widest smallest margin to the issue's two
-    AUROC targets, read on the proxy: misclassification AUROC at least MSP's minus 1, and OOD AUROC
-    at least the best baseline's minus 1 on each OOD set, as the test's bar is set on its one OOD
-    set. The margin of the far and of the shifted group is the mean of its kinds' margins; the
-    held-out classes are one set."""
-    configs = [name for name in means if name not in baselines]
-    if not configs:
+    """The selection rule on one proxy: among the eligible configurations (:func:`margins`), the one
+    with the widest smallest margin."""
+    result, eligible = margins(means, baselines)
+    if not result:
         return
-    kind_bars = torch.stack([means[b]["kinds"] for b in baselines]).amax(0) - 1
-    groups = {"far": slice(0, len(SYNTHETIC)), "shifted": slice(len(SYNTHETIC), None)}
-
-    def group_margins(name: str) -> dict[str, Tensor]:
-        margins = {
-            "mis": means[name]["mis"] - (means["msp"]["mis"] - 1),
-            "held": means[name]["held"] - (max(means[b]["held"] for b in baselines) - 1),
-        }
-        return margins | {g: (means[name]["kinds"] - kind_bars)[rows].mean() for g, rows in groups.items()}
-
-    lowest = min(means[name]["scod"] for name in configs)
     print("\nmargins to the targets (per OOD kind: the best baseline's AUROC minus 1):")
-    smallest, eligible = {}, []
-    for name in configs:
-        margins = group_margins(name)
-        smallest[name] = min(margins.values())
-        if means[name]["scod"] <= lowest + 0.015:
-            eligible.append(name)
-        shown = "  ".join(f"{key} {value:5.2f}" for key, value in margins.items())
-        print(f"{name:<40} {shown}  smallest {smallest[name]:5.2f}  SCOD within 0.015: {name in eligible}")
-    print(f"chosen: {max(eligible, key=smallest.get)}")
+    for name, margin in result.items():
+        shown = "  ".join(f"{key} {value:5.2f}" for key, value in margin.items())
+        smallest = min(margin.values())
+        print(f"{name:<40} {shown}  smallest {smallest:5.2f}  SCOD within 0.015: {name in eligible}")
+    print(f"chosen: {max(eligible, key=lambda name: min(result[name].values()))}")
+
+
+def print_shared_choice(paths: list[str]) -> None:
+    """The rule for one default over several proxies (a single model's and an ensemble's, each
+    saved by ``--save``): among the configurations eligible on every proxy, the one whose smallest
+    margin over all of them is widest."""
+    results = []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        means = {name: {k: torch.tensor(v) for k, v in m.items()} for name, m in saved["means"].items()}
+        results.append(margins(means, saved["baselines"]))
+    shared = [name for name in results[0][0] if all(name in eligible for _, eligible in results)]
+    if not shared:
+        raise SystemExit(f"No configuration is eligible on every proxy of {paths}.")
+    smallest = {name: min(min(result[name].values()) for result, _ in results) for name in shared}
+    for name, value in smallest.items():
+        print(f"{name:<40} smallest margin over the proxies {value:5.2f}")
+    print(f"chosen for all: {max(shared, key=smallest.get)}")
 
 
 if __name__ == "__main__":

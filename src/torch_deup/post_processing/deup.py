@@ -52,9 +52,9 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    hard gate lifts a few inputs all the way. The onset keeps it off the bulk of in-distribution
    inputs, where it is noise on the ranking of the model's errors: with ``t0 = 1.5``, it reaches
    only the share ``exp(-1.5)``, 22%, of the calibration rows with the most unusual statistics.
-   The KNN distance
-   of ``g``'s own column (for a classifier with training outputs) adds its evidence the same way,
-   ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g`` reads that column anyway):
+   The KNN distance of ``g``'s own column (for a classifier with training outputs) adds its
+   evidence the same way, ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g``
+   reads that column anyway):
    an input of a class the model never saw has ordinary low-level statistics but lies far from
    the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
    ``layer_weight=1, knn_weight=0.5, evidence_onset=1.5``, were chosen on the proxy of

@@ -226,8 +226,9 @@ margin -0.23; the previous default 91.22 / 98.23 / 44.522 / 94.97 / 70.31, -1.33
 0.625`` with onset 0, 90.33 / 97.74 / 44.515 / 95.81 / 71.42, -0.22, which that proxy alone would
 take. ``select_deup.py --combine`` on the two proxies' saved means (single model, ensemble;
 ``'{}' '{"knn_weight": 0.25, "evidence_onset": 3.0}' '{"layer_weight": 0.625, "evidence_onset": 0}'
-'{"layer_weight": 1.25}'``) gives smallest margins over both of -0.45, -1.41 and -0.50 (the last
-not eligible on the ensemble's) and chooses the default. The rule's change was made after the
+'{"layer_weight": 1.25}'``) gives smallest margins over both of -0.45 (the default), -1.41
+(onset 3) and -0.50 (onset 0), leaves out ``layer_weight=1.25`` (not eligible on the ensemble's)
+and chooses the default. The rule's change was made after the
 eighth session's test runs had shown the proxy misled; the disclosure is in the README.
 """
 

@@ -161,3 +161,20 @@ def test_collecting_keeps_a_submodule_the_user_froze_in_eval_mode():
     model[1].eval()  # a frozen batch norm inside a model being trained
     collect_outputs(model, [(torch.randn(5, 4), torch.zeros(5))], progress=False)
     assert [m.training for m in model] == [True, False, True]
+
+
+def test_a_head_that_does_not_run_is_warned_about_and_no_batches_are_refused():
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+            self.projection = nn.Linear(8, 2)  # registered last, used only in training
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x))
+
+    with pytest.warns(UserWarning, match=r"\('projection'\) did not run"):
+        outputs = OutputCapture(Projected())(torch.zeros(2, 4))
+    assert outputs.embedding is None
+    with pytest.raises(ValueError, match="No batches"):
+        concat_outputs([])

@@ -6,6 +6,7 @@ so an evaluation loop runs the base model once per batch and every consumer shar
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,6 +212,15 @@ class OutputCapture:
                 "inside this model ran in its forward. Capture outputs of the ensemble itself, or of a "
                 "model that runs it."
             )
+        if embedding is None:
+            names = {id(module): name for name, module in self.model.named_modules()}
+            idle = [repr(names[id(h)]) for i, h in enumerate(self.heads) if i not in self._embeddings]
+            warnings.warn(
+                f"The last nn.Linear registered in the model ({', '.join(idle)}) did not run in its "
+                "forward, so no embedding was recorded and features that read it will fail. Register the "
+                "head last, or pass outputs with an embedding.",
+                stacklevel=2,
+            )
         members = (
             torch.stack([self._member_logits[i] for i in range(len(self.members))], dim=1)
             if self.members
@@ -266,6 +276,16 @@ def class_logits(logits: Tensor) -> Tensor:
         )
     logits = logits.float()
     return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+
+
+def member_mean(outputs: ModelOutputs, score: Callable[[Tensor], Tensor]) -> Tensor:
+    """``score`` of the class logits (:func:`class_logits`); for an ensemble (``outputs.members``),
+    the mean of its members' scores, since the ensemble's logits, the log of the mean
+    probabilities, have no scale of their own."""
+    if outputs.members is None:
+        return score(class_logits(outputs.logits))
+    n, m, c = outputs.members.shape
+    return score(class_logits(outputs.members.reshape(n * m, c))).view(n, m).mean(dim=1)
 
 
 def class_probabilities(logits: Tensor) -> Tensor:
@@ -353,6 +373,8 @@ def collect_outputs(
 
 def concat_outputs(outputs: Sequence[ModelOutputs]) -> ModelOutputs:
     """Concatenate batches of outputs along the sample dimension."""
+    if not outputs:
+        raise ValueError("No batches of outputs to concatenate: the loader yielded none.")
 
     def cat(field: str) -> Tensor | None:
         present = [getattr(o, field) is not None for o in outputs]

@@ -5,7 +5,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from torch_deup.features.base import NotFittedError
-from torch_deup.features.density import GaussianDensity
+from torch_deup.features.density import GaussianDensity, cholesky_with_jitter
 from torch_deup.outputs import ModelOutputs
 
 
@@ -122,3 +122,16 @@ def test_unfitted_use_raises():
         GaussianDensity()(outputs_of(torch.zeros(2, 4)))
     with pytest.raises(NotFittedError, match="not fitted yet"):
         GaussianDensity().state_dict()
+
+
+@pytest.mark.parametrize("dim", [6, 64])
+def test_a_singular_covariance_gets_a_jitter_not_a_factor_of_rounding_noise(dim):
+    # D rows in D dimensions: a rank D - 1 covariance, which Cholesky can "factor" with noise pivots
+    for seed in range(30):
+        rows = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        centred = rows - rows.mean(0)
+        cov = centred.T @ centred / (dim - 1)
+        factor, jitter = cholesky_with_jitter(cov)
+        assert jitter > 0
+        # the squared pivots are at least the jitter: nothing near rounding noise
+        assert factor.diagonal().square().min() >= 0.5 * jitter

@@ -101,3 +101,16 @@ def test_default_dimension_follows_vim():
 def test_unfitted_use_raises(head):
     with pytest.raises(NotFittedError, match="ViMScore instance is not fitted yet"):
         ViMScore()(linear_outputs(5, 0, head))
+
+
+def test_vim_names_nan_logits_and_an_ensembles_outputs():
+    head = torch.nn.Linear(10, 4)
+    outputs = linear_outputs(100, 0, head)
+    bad = ModelOutputs(outputs.logits.clone(), outputs.embedding)
+    bad.logits[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite training logits"):
+        ViMScore(dim=3).fit(bad, torch.zeros(100, dtype=torch.long))
+    members = torch.stack([outputs.logits, outputs.logits], dim=1)
+    ensemble = ModelOutputs(outputs.logits, outputs.embedding, members)
+    with pytest.raises(ValueError, match=r"one linear head.*DeepEnsemble"):
+        ViMScore(dim=3).fit(ensemble, torch.zeros(100, dtype=torch.long))

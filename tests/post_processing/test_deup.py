@@ -435,3 +435,56 @@ def test_a_half_precision_model_gets_its_inputs_in_half_precision():
     assert torch.isfinite(scores).all()
     # the same as scoring the outputs of half inputs
     torch.testing.assert_close(scores, deup.score_outputs(OutputCapture(model)(images[:7].bfloat16())))
+
+
+def test_a_regressor_with_one_output_of_shape_n_fits_and_scores_as_one_of_shape_n_by_1():
+    class Squeezed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).squeeze(-1)
+
+    torch.manual_seed(0)
+    squeezed = Squeezed()
+    cal = DataLoader(TensorDataset(torch.randn(60, 4), torch.randn(60)), batch_size=20)
+    x = torch.randn(10, 4)
+    flat = DEUP(task="regression", model=squeezed, **FAST).fit(cal)
+    column = DEUP(task="regression", model=squeezed.net, **FAST).fit(cal)
+    assert torch.equal(flat.errors_, column.errors_)
+    torch.testing.assert_close(flat(x), column(x))
+
+
+def test_one_dimensional_classifier_outputs_and_nan_targets_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"shape \(N, C\).*Reshape a 1-D binary logit to \(N, 1\)"):
+        per_sample_errors("classification", torch.tensor([0.5, -0.5]), torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="targets hold NaN or inf"):
+        per_sample_errors("regression", torch.zeros(2, 1), torch.tensor([1.0, float("nan")]))
+
+
+def test_an_empty_batch_scores_to_no_scores_and_scores_carry_no_graph():
+    deup = DEUP(model=mlp(), **FAST).fit(loader())
+    assert deup(torch.randn(0, 4)).shape == (0,)
+    outputs = OutputCapture(deup.model)(torch.randn(5, 4))  # outside no_grad: the logits have a graph
+    assert outputs.logits.requires_grad
+    assert not deup.score_outputs(outputs).requires_grad
+
+
+def test_each_fold_model_predicts_its_fold_without_having_seen_it():
+    # the first fold's model is trained first, before any draw that depends on targets: changing
+    # the targets of its own rows must leave its predictions for them unchanged, and nothing else
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 4, generator=g), torch.randn(200, generator=g)
+    model = nn.Linear(4, 1)
+    deup = DEUP(task="regression", model=model, num_folds=4, seed=3, **FAST)
+    first = stratified_folds(torch.zeros(200, dtype=torch.long), 4, torch.Generator().manual_seed(3))[0]
+    outputs = ModelOutputs(model(x).detach(), x)
+    base = deup.fit_outputs(outputs, y).oof_predictions_.clone()
+    changed = y.clone()
+    changed[first] += 5.0
+    after = deup.fit_outputs(outputs, changed).oof_predictions_
+    assert torch.equal(after[first], base[first])
+    rest = torch.ones(200, dtype=torch.bool)
+    rest[first] = False
+    assert not torch.equal(after[rest], base[rest])

@@ -458,3 +458,20 @@ def test_the_knn_evidence_reads_g_s_knn_column_wherever_it_lies(make_model, feat
     torch.testing.assert_close(
         deup.score_outputs(outputs), (expected * torch.exp(log_evidence(t, 0.4, 2.5))).float()
     )
+
+
+def test_a_save_loads_with_the_gates_it_was_fitted_with_after_their_settings_are_edited(tmp_path):
+    model = linear_model()
+    deup = DEUP(model=model, **FAST).fit(loader(90, 0), train_loader=loader(150, 1))
+    x = torch.randn(20, 4) * 3
+    before = deup(x)
+    deup.ood_prior = 0.0  # valid for DEUP (no gate on the next fit), not for the fitted gate
+    deup.save(tmp_path / "deup.pt")
+    loaded = DEUP.load(tmp_path / "deup.pt", model=model)
+    assert loaded.gate_.prior == 0.1
+    assert torch.equal(loaded(x), before)
+    # files saved before the gate kept its prior load with the saved parameter
+    deup.ood_prior = 0.1
+    old = load_older_save(deup, model, tmp_path, (), (("gate", "state", "prior"),))
+    assert old.gate_.prior == 0.1
+    assert torch.equal(old(x), before)

@@ -26,7 +26,9 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
 
 def feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:
     """The ``(N, total width)`` float matrix of every extractor's columns, side by side."""
-    return torch.cat([f(outputs).float().reshape(len(outputs), -1) for f in features], dim=1)
+    columns = [f(outputs).float() for f in features]
+    # flatten(1), not reshape(N, -1): that cannot infer the width of zero rows
+    return torch.cat([c.flatten(1) if c.ndim > 1 else c[:, None] for c in columns], dim=1)
 
 
 class FeatureExtractor(ABC):

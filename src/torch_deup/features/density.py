@@ -20,6 +20,9 @@ from torch_deup.outputs import ModelOutputs
 #: matrix with a 1e-12 jitter, but its smallest pivots are then rounding noise and so would be the
 #: densities. The last one makes any finite positive semi-definite matrix positive definite.
 JITTER_STEPS = (0.0, *(10.0**e for e in range(-6, 1)))
+#: The smallest squared pivot, in units of the mean variance, a factor may have: below it, the
+#: pivot is rounding noise (about 1e-16 for a singular matrix in float64), far under any jitter.
+MIN_PIVOT = 1e-10
 
 
 def require_embedding(outputs: ModelOutputs, estimator: object) -> Tensor:
@@ -101,7 +104,8 @@ def cholesky_with_jitter(cov: Tensor) -> tuple[Tensor, float]:
     for step in JITTER_STEPS:
         jitter = step * scale
         factor, info = torch.linalg.cholesky_ex(cov + jitter * eye)
-        if info.item() == 0:
+        # without jitter, a singular matrix can factor with pivots of rounding noise: a failure too
+        if info.item() == 0 and factor.diagonal().square().min() > MIN_PIVOT * scale:
             return factor, jitter
     raise RuntimeError(f"Covariance is not positive definite even with jitter {jitter:g} on its diagonal.")
 

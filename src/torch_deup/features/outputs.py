@@ -9,15 +9,17 @@ from torch import Tensor
 
 from torch_deup.features.base import FeatureExtractor
 from torch_deup.features.density import require_embedding
-from torch_deup.outputs import ModelOutputs, class_logits, class_probabilities
+from torch_deup.outputs import ModelOutputs, class_probabilities, member_mean
 
 
 class OutputStatistics(FeatureExtractor):
     """Confidence statistics of the logits: max logit, max probability, normalised entropy,
     energy (logsumexp) and top-2 probability margin; optionally the raw logits.
 
-    The five statistics do not depend on the number of classes' order, and the entropy is
-    divided by ``log C``, so a head refitted on fewer classes yields comparable columns.
+    The five statistics do not depend on the order of the classes, and the entropy is divided by
+    ``log C``. For a :class:`~torch_deup.models.ensemble.DeepEnsemble`, whose logits are the log of
+    the mean probabilities (their logsumexp is 0, their max is the log of the max probability),
+    max logit and energy are the members' means, as for the criteria of those names.
 
     Example:
         >>> out = ModelOutputs(torch.tensor([[2.0, 0.0, 0.0]]))
@@ -34,12 +36,11 @@ class OutputStatistics(FeatureExtractor):
         top2 = probs.topk(2, dim=1).values
         log_probs = probs.clamp_min(1e-12).log()
         entropy = -(probs * log_probs).sum(1) / math.log(probs.shape[1])
-        binary_logits = class_logits(logits)
         columns = [
-            binary_logits.max(1).values,
+            member_mean(outputs, lambda member_logits: member_logits.max(1).values),
             top2[:, 0],
             entropy,
-            torch.logsumexp(binary_logits, 1),
+            member_mean(outputs, lambda member_logits: torch.logsumexp(member_logits, 1)),
             top2[:, 0] - top2[:, 1],
         ]
         stats = torch.stack(columns, dim=1)
@@ -55,7 +56,8 @@ class RegressionOutputs(FeatureExtractor):
     """The regression model's predictions, as they are."""
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        return outputs.logits.float().flatten(1)
+        logits = outputs.logits.float()
+        return logits.flatten(1) if logits.ndim > 1 else logits[:, None]  # (N,) from a one-output model
 
     @property
     def names(self) -> list[str]:

@@ -97,6 +97,13 @@ class ViMScore(FeatureExtractor):
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> ViMScore:
         embedding = require_embedding(outputs, self).double()
         check_finite(embedding)
+        check_finite(outputs.logits, "logits")
+        if outputs.members is not None:
+            raise ValueError(
+                "ViM needs one linear head, but these are a DeepEnsemble's outputs (the log of its "
+                "members' mean probabilities). Use ViM on one member, or another criterion, such as "
+                "mutual information."
+            )
         dim = principal_dimension(embedding.shape[1]) if self.dim is None else self.dim
         if not 0 < dim < embedding.shape[1]:
             raise ValueError(

@@ -11,22 +11,12 @@ are the mean of each member's score instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from torch_deup.features.variance import EnsembleDisagreement
 from torch_deup.ood_criteria.base import OODCriterion
-from torch_deup.outputs import ModelOutputs, class_logits
-
-
-def _member_mean(outputs: ModelOutputs, score: Callable[[Tensor], Tensor]) -> Tensor:
-    """``score`` of the class logits; for an ensemble, the mean of its members' scores."""
-    if outputs.members is None:
-        return score(class_logits(outputs.logits))
-    n, m, c = outputs.members.shape
-    return score(class_logits(outputs.members.reshape(n * m, c))).view(n, m).mean(dim=1)
+from torch_deup.outputs import ModelOutputs, class_logits, member_mean
 
 
 class MaxSoftmaxCriterion(OODCriterion):
@@ -54,7 +44,7 @@ class MaxLogitCriterion(OODCriterion):
     name = "MaxLogit"
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        return _member_mean(outputs, lambda logits: -logits.max(dim=1).values)
+        return member_mean(outputs, lambda logits: -logits.max(dim=1).values)
 
 
 class EnergyCriterion(OODCriterion):
@@ -75,7 +65,7 @@ class EnergyCriterion(OODCriterion):
         if not self.temperature > 0:
             raise ValueError(f"Expected argument `temperature` to be positive, but got {self.temperature!r}.")
         t = self.temperature
-        return _member_mean(outputs, lambda logits: -t * torch.logsumexp(logits / t, dim=1))
+        return member_mean(outputs, lambda logits: -t * torch.logsumexp(logits / t, dim=1))
 
 
 class EntropyCriterion(OODCriterion):

@@ -120,13 +120,21 @@ def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
             "The model produced NaN or inf outputs on the calibration data. Check the model and its "
             "inputs (normalisation, dtype) before fitting DEUP."
         )
+    if targets.dtype.is_floating_point and not torch.isfinite(targets).all():
+        raise ValueError("The calibration targets hold NaN or inf values. Drop or fix those samples.")
     if task == "regression":
+        logits = logits.reshape(len(logits), -1)  # a model with one output may return (N,)
         if targets.shape != logits.shape and targets.reshape(len(targets), -1).shape != logits.shape:
             raise ValueError(
                 f"Regression targets of shape {tuple(targets.shape)} do not match model outputs of "
                 f"shape {tuple(logits.shape)}. Give one target per output (shape (N,) for one output)."
             )
         return (logits.float() - targets.reshape(logits.shape).float()).pow(2).sum(1)
+    if logits.ndim != 2:
+        raise ValueError(
+            f"Expected classifier outputs of shape (N, C), but got shape {tuple(logits.shape)}. "
+            "Reshape a 1-D binary logit to (N, 1)."
+        )
     num_classes = max(logits.shape[1], 2)
     if targets.dtype.is_floating_point and not torch.equal(targets, targets.round()):
         raise ValueError("Classification targets must be integer class indices, but got fractional values.")
@@ -463,10 +471,11 @@ class DEUP(PostProcessing):
 
     # ----------------------------------------------------------------------------- fitting
     def default_features(self, num_train: int, ensemble: bool = False) -> list[FeatureExtractor]:
-        """Output statistics plus, with ``num_train`` training outputs, the Gaussian density of
-        the training embeddings, the KNN distance to a random tenth of them (at least 1,000) and,
-        for a classifier, the trust score on a bank of the same size; without them, the embedding itself. A
-        classifier trained with dropout adds its closed-form last-layer MC-dropout variance
+        """A regressor's: its prediction and its embedding. A classifier's: output statistics plus,
+        with ``num_train`` training outputs, the Gaussian density of the training embeddings, the
+        KNN distance to a random tenth of them (at least 1,000) and the trust score on a bank of
+        the same size; without them, the logits and the embedding itself. A classifier trained
+        with dropout adds its closed-form last-layer MC-dropout variance
         (:class:`~torch_deup.features.variance.DropoutVariance`); an ``ensemble`` (outputs with
         member logits) adds the members' disagreement
         (:class:`~torch_deup.features.variance.EnsembleDisagreement`)."""
@@ -481,15 +490,18 @@ class DEUP(PostProcessing):
             # the cost of DEUP's two neighbour features, the bulk of its scoring time
             k, bank = _knn_bank(num_train)
             knn = KNNDistance(k=k, bank_size=bank, seed=self.seed)
-            features = [OutputStatistics(), GaussianDensity(), knn]
-            if self.task == "classification":
-                # on the proxy (no gate): misclassification AUROC 90.44 -> 90.93, held-out-class
-                # AUROC 96.74 -> 97.74, for one more pass over a bank of the same size
-                features.append(TrustScore(k=k, bank_size=bank, seed=self.seed))
+            # the trust score, on the proxy (no gate): misclassification AUROC 90.44 -> 90.93,
+            # held-out-class AUROC 96.74 -> 97.74, for one more pass over a bank of the same size
+            features = [
+                OutputStatistics(),
+                GaussianDensity(),
+                knn,
+                TrustScore(k=k, bank_size=bank, seed=self.seed),
+            ]
         # an ensemble's embedding joins its members': one head's dropout variance does not apply
         if self.model is not None and dropout_rate(self.model) > 0 and not ensemble:
             features.append(DropoutVariance.from_model(self.model))
-        if ensemble and self.task == "classification":
+        if ensemble:
             features.append(EnsembleDisagreement())
         return features
 
@@ -713,6 +725,7 @@ class DEUP(PostProcessing):
         return g
 
     # ----------------------------------------------------------------------------- scoring
+    @torch.no_grad()
     def score_outputs(self, outputs: ModelOutputs) -> Tensor:
         """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
         mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7), then
@@ -721,8 +734,7 @@ class DEUP(PostProcessing):
         device = outputs.logits.device
         outputs = outputs.to("cpu")
         x = feature_matrix(self.features_, outputs)
-        with torch.no_grad():
-            scores = self.g_(self.scaler_(x))
+        scores = self.g_(self.scaler_(x))
         in_distribution = torch.ones(len(scores))
         if self.gate_ is not None:
             gate_scores = (
@@ -840,7 +852,8 @@ class DEUP(PostProcessing):
         # saved before the layer gate, the cost lived with the OOD gate
         deup.error_cost_ = state.get("error_cost", (state.get("gate") or {}).get("error_cost"))
         if state.get("gate") is not None:  # files saved before the gate existed have none
-            deup.gate_ = OODGate(deup.ood_prior)
+            # the prior fitted with (files saved before it was kept: the saved parameter)
+            deup.gate_ = OODGate(state["gate"]["state"].get("prior", deup.ood_prior))
             deup.gate_.load_state_dict(state["gate"]["state"])
             score = state["gate"]["score"]
             deup.gate_score_ = None if score is None else _rebuild(score)
@@ -850,7 +863,7 @@ class DEUP(PostProcessing):
         if layer is not None:  # files saved before the layer gate have none
             deup.layer_ = _rebuild(layer["layer"])
             if layer["state"] is not None:
-                deup.layer_gate_ = RangeGate(deup.layer_tail)
+                deup.layer_gate_ = RangeGate(layer["state"]["tail"])
                 deup.layer_gate_.load_state_dict(layer["state"])
             if layer.get("evidence") is not None:  # saved before the layer evidence: none
                 deup.layer_evidence_ = TailEvidence()

@@ -16,8 +16,9 @@ On the held-out-class proxy of ``benchmarks/select_deup.py`` (3 draws) keeping t
 outputs was better on both axes: proxy-OOD AUROC 95.85 vs 95.29, misclassification AUROC 90.78 vs
 90.07. It is also consistent: ``g`` is trained on the same head's statistics it is scored on.
 
-Every calibration sample is held out in exactly one group, so this adds one row per calibration
-sample, at the cost of ``num_groups`` refits of the extractors.
+Every calibration sample of a class the training split has is held out in exactly one group, so
+this adds one row per such sample (none for a class absent from the training split), at the cost
+of ``num_groups`` refits of the extractors.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def held_out_class_rows(
     # every group leaves at least one class to refit on: at most one group per class
     num_groups = min(num_groups, len(classes))
     if num_groups < 2:
-        raise ValueError("The held-out-class protocol needs at least 2 classes in the training data.")
+        raise ValueError(
+            f"The held-out-class protocol needs at least 2 classes in the training data, but got "
+            f"{len(classes)}. Pass training data of several classes, or set `held_out_classes=0`."
+        )
     rows = []
     for group in class_groups(classes, num_groups, seed):
         held = torch.isin(cal_targets, group)

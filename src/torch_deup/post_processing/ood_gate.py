@@ -251,7 +251,8 @@ class _Gate:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in self._STATE:
-            setattr(self, key, state[key])
+            # a key added later (OODGate's prior) keeps the constructor's value for older files
+            setattr(self, key, state[key] if key in state else getattr(self, key))
 
     @staticmethod
     def _calibration(calibration: Tensor, what: str) -> tuple[Tensor, Tensor]:
@@ -353,7 +354,7 @@ class OODGate(TailEvidence):
         """``pi`` for each OOD score, float32."""
         return torch.sigmoid(self.slope_ * self.evidence(scores) + self.intercept_).float()
 
-    _STATE = (*TailEvidence._STATE, "slope_", "intercept_")
+    _STATE = (*TailEvidence._STATE, "slope_", "intercept_", "prior")
 
 
 class RangeGate(_Gate):

@@ -79,14 +79,27 @@ def test_duplicate_criterion_names_raise():
         ClassificationRoutine(make_mlp(), NUM_CLASSES, ood_criterion=["msp", MaxSoftmaxCriterion()])
 
 
-def test_post_processing_gets_the_model_only_when_it_has_none():
+def test_post_processing_gets_the_model_when_it_has_none_and_one_built_for_another_is_refused():
     model, other = make_mlp(), make_mlp(1)
     assert (
         ClassificationRoutine(model, 3, post_processing=CountingPostProcessing()).post_processing.model
         is model
     )
-    kept = ClassificationRoutine(model, 3, post_processing=CountingPostProcessing(other)).post_processing
-    assert kept.model is other
+    kept = ClassificationRoutine(model, 3, post_processing=CountingPostProcessing(model)).post_processing
+    assert kept.model is model
+    # it would score this model's outputs with features fitted for the other one
+    with pytest.raises(ValueError, match="holds another model than the routine's"):
+        ClassificationRoutine(model, 3, post_processing=CountingPostProcessing(other))
+    # the same weights in another object (a checkpoint loaded twice) are the same model
+    twin = make_mlp()
+    twin.load_state_dict(model.state_dict())
+    post = CountingPostProcessing(model)
+    assert ClassificationRoutine(twin, 3, post_processing=post).post_processing.model is model
+
+
+def test_an_ood_cost_outside_zero_one_is_refused_before_any_fit():
+    with pytest.raises(ValueError, match="`ood_cost` to be a float in"):
+        ClassificationRoutine(make_mlp(), NUM_CLASSES, ood_cost=2.0)
 
 
 def test_criterion_property_normalises_and_binds_post_processing():
@@ -135,13 +148,18 @@ def test_a_criterion_with_its_own_unfitted_deup_gets_it_fitted_by_the_routine():
 
 
 def test_the_routines_post_processing_wins_and_a_criterions_own_must_read_the_routines_layers():
-    routines, criterion = DEUP(), DEUPCriterion(DEUP())
-    ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=routines, ood_criterion=criterion)
+    routines, criterion = CountingPostProcessing(), DEUPCriterion(DEUP())
+    model = trained_mlp()
+    first = ClassificationRoutine(model, NUM_CLASSES, post_processing=routines, ood_criterion=criterion)
     assert criterion.post_processing is routines
     # the same criterion in a second routine, as in a sweep over DEUP settings
-    other = DEUP(seed=1)
-    ClassificationRoutine(make_mlp(), NUM_CLASSES, post_processing=other, ood_criterion=criterion)
+    other = CountingPostProcessing()
+    ClassificationRoutine(model, NUM_CLASSES, post_processing=other, ood_criterion=criterion)
     assert criterion.post_processing is other
+    # testing the first routine scores with the first routine's post-processing again
+    run_test(first, BlobDataModule(ood_sets=()))
+    assert criterion.post_processing is routines
+    assert (routines.fit_calls, other.fit_calls) == (1, 0)
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(make_mlp(), NUM_CLASSES, layers=["0"], ood_criterion=DEUPCriterion(DEUP()))
     # a post-processing that reads no layer statistics fits any recorded layers
@@ -181,11 +199,29 @@ def test_a_routine_that_reads_no_layer_statistics_collects_none():
     assert post.fitted_layer_stats.shape == (150, 16)  # 8 channels' means and deviations
 
 
-def test_repeated_ood_set_names_raise():
+def test_repeated_ood_set_names_and_names_with_a_slash_raise():
     datamodule = BlobDataModule(ood_sets=("far", "near"))
     datamodule.ood_names = ["far", "far"]
     with pytest.raises(ValueError, match=r"`ood_names` \['far', 'far'\] repeat a name"):
         run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True), datamodule)
+    datamodule.sets["svhn/test"] = datamodule.sets.pop("near")
+    datamodule.ood_names = ["far", "svhn/test"]
+    with pytest.raises(ValueError, match="hold a '/'"):
+        run_test(ClassificationRoutine(trained_mlp(), NUM_CLASSES, eval_ood=True), datamodule)
+
+
+def test_a_criterion_giving_nan_scores_is_named():
+    class Broken(MaxSoftmaxCriterion):
+        name = "Broken"
+
+        def __call__(self, outputs):
+            scores = super().__call__(outputs)
+            scores[0] = float("nan")
+            return scores
+
+    routine = ClassificationRoutine(trained_mlp(), NUM_CLASSES, ood_criterion=["msp", Broken()])
+    with pytest.raises(ValueError, match="'Broken' gave 1 NaN or inf scores"):
+        run_test(routine, BlobDataModule(ood_sets=()))
 
 
 def test_num_classes_unlike_the_models_logits_raises_a_named_error():

@@ -10,7 +10,7 @@ distances) into ties; ranks are a strictly monotone map into [0, 1] that keeps t
 FPR95: the sample is called OOD when ``score >= t``. Among the thresholds ``t`` (the distinct
 scores) whose TPR on OOD samples is at least 95%, take the largest ``t`` (the fewest ID false
 positives); FPR95 is the fraction of ID samples with ``score >= t`` there. Equivalently, with
-sklearn: ``fpr[argmax(tpr >= 0.95)]`` from ``roc_curve(is_ood, scores)``.
+sklearn: ``fpr[argmax(tpr >= 0.95)]`` from ``roc_curve(is_ood, scores, drop_intermediate=False)``.
 
 Without OOD or without ID samples, all three return NaN with a :class:`DegenerateMetricWarning`.
 """

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchmetrics import MeanMetric
 
 from torch_deup.metrics import params
+from torch_deup.metrics._checks import check_fraction
 from torch_deup.ood_criteria import OODCriterion, get_criterion
 from torch_deup.outputs import (
     ModelOutputs,
@@ -100,6 +101,7 @@ class ClassificationRoutine(LightningModule):
         self.post_processing = post_processing
         self.ood_criterion = ood_criterion
         self.optim_recipe = optim_recipe
+        check_fraction(ood_cost, "ood_cost")  # before any fit, not after minutes of one
         self.ood_cost = ood_cost
         self.refit = refit
         self._capture: OutputCapture | None = None  # built at test start, for what the criteria read
@@ -133,6 +135,13 @@ class ClassificationRoutine(LightningModule):
             )
         if post.model is None:
             post.set_model(self.model)
+        elif post.model is not self.model and not _same_weights(post.model, self.model):
+            # it would score the routine's outputs with features fitted for its own model
+            raise ValueError(
+                "The post-processing holds another model than the routine's (other weights). Pass one "
+                "built without a model (the routine gives it its own) or for this model, or call "
+                "`set_model(model)` on it and refit."
+            )
 
     @property
     def layers(self) -> str | list[str] | None:
@@ -207,6 +216,9 @@ class ClassificationRoutine(LightningModule):
 
     def on_test_start(self) -> None:
         ood_sets = self._ood_sets()
+        if self.post_processing is not None:
+            # a criterion instance shared with another routine may have been bound to that one's
+            self.post_processing = self.post_processing
         # fitting may train (DEUP's error predictor), which Lightning's inference mode forbids
         with torch.inference_mode(False):
             self._fit_components()
@@ -252,6 +264,12 @@ class ClassificationRoutine(LightningModule):
         with counter:
             outputs = self._capture(x)
         scores = {c.name: c(outputs).to(outputs.logits.device) for c in self._criteria}
+        for name, score in scores.items():
+            if not torch.isfinite(score).all():
+                raise ValueError(
+                    f"The OOD criterion {name!r} gave {int((~torch.isfinite(score)).sum())} NaN or inf "
+                    "scores on this batch. Check that criterion and the model's outputs."
+                )
         if self.flops_ is None:
             self.flops_ = counter.get_total_flops()
         return outputs, scores
@@ -267,6 +285,11 @@ class ClassificationRoutine(LightningModule):
                 "or pass eval_ood=False to the routine."
             )
         names = list(getattr(self.trainer.datamodule, "ood_names", None) or [])
+        if any("/" in name for name in names):
+            raise ValueError(
+                f"The datamodule's `ood_names` {names} hold a '/', which separates the parts of a "
+                "metric's key: the set's metrics would be filed under another table. Rename the set."
+            )
         if len(set(names)) < len(names):
             raise ValueError(
                 f"The datamodule's `ood_names` {names} repeat a name: each names the metrics of one "
@@ -346,3 +369,11 @@ def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:
         stacklevel=2,
     )
     return datamodule.train_dataloader()
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold the same parameters and buffers (one checkpoint loaded twice)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
+    )

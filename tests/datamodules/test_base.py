@@ -87,6 +87,17 @@ def test_val_split_is_the_one_the_training_script_uses(folder_root, cache_dir):
     assert torch.equal(val_y, train.targets[val_idx])
 
 
+def test_the_fitting_loader_serves_the_training_split_in_order_unaugmented_without_validation(
+    folder_root, cache_dir
+):
+    dm = make(folder_root, cache_dir, val_split=0.5, split_seed=3)
+    x, y = collect(dm.train_eval_dataloader())
+    train = load_image_folder(folder_root / "cifar10" / "train", cache_dir, progress=False)
+    train_idx, _ = stratified_split(train.targets, 0.5, seed=3)
+    assert torch.equal(denormalise(x, CIFAR10_MEAN, CIFAR10_STD), train.images[train_idx])
+    assert torch.equal(y, train.targets[train_idx])
+
+
 def test_without_val_split_there_is_no_validation_loop(folder_root, cache_dir):
     assert make(folder_root, cache_dir).val_dataloader() == []
 

@@ -93,3 +93,22 @@ def test_images_of_another_size_are_refused(dirs, cache_dir, tmp_path):
     write_class_folders(tmp_path / "small", coded_images([0, 1], seed=0, size=16), [0, 1], ["a", "b"])
     with pytest.raises(ValueError, match=r"one shape \(C, H, W\).*'ood/small': \(3, 16, 16\)"):
         make(dirs, cache_dir, ood_dirs=[tmp_path / "small"]).setup()
+
+
+def test_an_ood_folder_of_both_images_and_class_folders_is_refused(dirs, cache_dir):
+    write_flat_folder(dirs["flat"] / "extra", coded_images([0] * 2, seed=8))
+    with pytest.raises(
+        ValueError, match=r"holds both images \(5, e.g. 0000.png\) and class folders \['extra'\]"
+    ):
+        make(dirs, cache_dir, ood_dirs=dirs["flat"]).setup()
+
+
+def test_a_channel_constant_over_the_training_images_is_refused(tmp_path, cache_dir):
+    labels = [0, 1, 0, 1]
+    images = coded_images(labels, seed=0)
+    images[:, 2] = 0  # the blue channel: std 0 would divide every image by zero
+    write_class_folders(tmp_path / "train", images, labels, ["a", "b"])
+    write_class_folders(tmp_path / "test", images, labels, ["a", "b"])
+    dm = ImageFolderDataModule(tmp_path / "train", tmp_path / "test", batch_size=2, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="every std must be positive"):
+        dm.setup()

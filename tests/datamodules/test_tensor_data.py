@@ -13,9 +13,10 @@ from torch_deup.datamodules.tensor_data import (
     batch_loader,
     channel_stats,
     load_flat_image_folder,
+    load_image_folder,
 )
 
-from .conftest import coded_images, write_flat_folder
+from .conftest import coded_images, write_class_folders, write_flat_folder
 
 
 def test_load_flat_image_folder_reads_sorted_files_without_labels(tmp_path):
@@ -128,3 +129,15 @@ def test_workers_draw_their_own_augmentations_reproducibly_under_a_seed():
     assert not torch.equal(batches[0], augmented_batches(1, 2)[0])
     subset = augmented_batches(0, num_workers=2, subset=True)
     assert not any(torch.equal(a, b) for a, b in itertools.pairwise(subset))
+
+
+def test_hidden_folders_are_no_classes_and_an_empty_class_folder_is_refused(tmp_path):
+    labels = [0, 1, 0, 1]
+    write_class_folders(tmp_path / "set", coded_images(labels, seed=0), labels, ["a", "b"])
+    (tmp_path / "set" / ".ipynb_checkpoints").mkdir()
+    data = load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", progress=False)
+    assert data.classes == ["a", "b"]
+    assert data.targets.tolist() == [0, 0, 1, 1]
+    (tmp_path / "set" / "c").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"set/c holds no images"):
+        load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", progress=False)

@@ -6,6 +6,7 @@ they serve (:attr:`TensorDataModule.ood_names`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,6 +119,12 @@ class TensorDataModule(LightningDataModule):
             self.mean_, self.std_ = self.default_mean, self.default_std
         else:
             self.mean_, self.std_ = channel_stats(sets["train"].images)
+        if not all(math.isfinite(v) for v in (*self.mean_, *self.std_)) or min(self.std_) <= 0:
+            raise ValueError(
+                f"The input normalisation has mean {tuple(self.mean_)} and std {tuple(self.std_)}: every "
+                "std must be positive and every value finite (a channel constant over the training "
+                "images has std 0). Pass `mean` and `std` explicitly."
+            )
         channels = train.images.shape[1]
         if len(self.mean_) != channels or len(self.std_) != channels:
             raise ValueError(

@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch_deup.datamodules.base import TensorDataModule
-from torch_deup.datamodules.tensor_data import ImageTensors, load_flat_image_folder, load_image_folder
+from torch_deup.datamodules.tensor_data import (
+    IMAGE_SUFFIXES,
+    ImageTensors,
+    class_folders,
+    load_flat_image_folder,
+    load_image_folder,
+)
 
 PathLike = str | Path
 
@@ -101,6 +107,14 @@ class ImageFolderDataModule(TensorDataModule):
 
 
 def _load_any_folder(folder: Path, cache_dir: PathLike | None) -> ImageTensors:
-    if folder.is_dir() and any(child.is_dir() for child in folder.iterdir()):
-        return load_image_folder(folder, cache_dir)
-    return load_flat_image_folder(folder, cache_dir)
+    """A class-structured folder (``folder/<class>/*``) or a flat one (``folder/*``), never a mix,
+    whose loose images would otherwise be dropped."""
+    if not (folder.is_dir() and class_folders(folder)):
+        return load_flat_image_folder(folder, cache_dir)
+    loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        raise ValueError(
+            f"The OOD folder {folder} holds both images ({len(loose)}, e.g. {loose[0].name}) and class "
+            f"folders {class_folders(folder)}. Move the images into a folder, or the folders out."
+        )
+    return load_image_folder(folder, cache_dir)

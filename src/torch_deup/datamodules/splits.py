@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -21,7 +23,16 @@ def stratified_split(targets: Tensor, val_fraction: float, seed: int) -> tuple[T
     for label in torch.unique(targets):
         members = torch.nonzero(targets == label).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_val = round(len(members) * val_fraction)
+        # half up (round() rounds half to even); a class of two or more keeps a sample on each side
+        n_val = math.floor(len(members) * val_fraction + 0.5)
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
         val.append(members[:n_val])
         train.append(members[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
+    val_idx = torch.cat(val).sort().values
+    if len(val_idx) == 0:
+        raise ValueError(
+            f"`val_split`={val_fraction} leaves no validation sample: every class has a single sample. "
+            "Give more data per class."
+        )
+    return torch.cat(train).sort().values, val_idx

@@ -54,15 +54,29 @@ def _image_files(paths: Iterable[Path]) -> list[Path]:
     return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files of a ``root/<class>/<image>`` tree, classes in sorted folder order: numeric order when
-    every folder is named by a number (``2`` before ``10``, so folders ``0..99`` are labels 0..99)."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+def class_folders(root: Path) -> list[str]:
+    """The class folders of ``root``, in sorted order: numeric order when every folder is named by
+    a number (``2`` before ``10``, so folders ``0..99`` are labels 0..99). Hidden folders (``.name``,
+    such as ``.ipynb_checkpoints``) are no classes."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes and all(name.isdecimal() for name in classes):
         classes.sort(key=int)
+    return classes
+
+
+def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files of a ``root/<class>/<image>`` tree, labelled by :func:`class_folders`' order."""
+    classes = class_folders(root)
     files, targets = [], []
     for label, name in enumerate(classes):
         images = _image_files((root / name).iterdir())
+        if not images:
+            # as torchvision's ImageFolder: an empty class would shift no label but could never be
+            # predicted from data, and a stray folder would silently become a class
+            raise FileNotFoundError(
+                f"The class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)}). Add its "
+                "images or remove the folder."
+            )
         files += images
         targets += [label] * len(images)
     if not files:
@@ -137,6 +151,7 @@ def _decode_cached(
 ) -> ImageTensors:
     """Decode ``files`` into one uint8 tensor, or read it back from the cache keyed on the listing."""
     key = hashlib.sha1(str(root).encode())
+    key.update(f"classes:{'/'.join(classes)};".encode())  # the labels depend on them
     for path in files:
         stat = path.stat()
         key.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())

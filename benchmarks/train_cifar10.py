@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from torch_deup.datamodules import CIFAR10_MEAN, CIFAR10_STD
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
 from torch_deup.models.classification.cifar_resnet import CifarResNet
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 @torch.no_grad()
@@ -58,11 +56,11 @@ def main() -> None:
     test = load_image_folder(Path(args.data) / "test")
     train_idx, val_idx = stratified_split(train_all.targets, 0.1, seed=args.split_seed)
     train_set = TensorImageDataset(
-        train_all.subset(train_idx), CIFAR_MEAN, CIFAR_STD, augment=True, seed=args.seed
+        train_all.subset(train_idx), CIFAR10_MEAN, CIFAR10_STD, augment=True, seed=args.seed
     )
     train_loader = batch_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, drop_last=True)
-    val_loader = batch_loader(TensorImageDataset(train_all.subset(val_idx), CIFAR_MEAN, CIFAR_STD), 1000)
-    test_loader = batch_loader(TensorImageDataset(test, CIFAR_MEAN, CIFAR_STD), 1000)
+    val_loader = batch_loader(TensorImageDataset(train_all.subset(val_idx), CIFAR10_MEAN, CIFAR10_STD), 1000)
+    test_loader = batch_loader(TensorImageDataset(test, CIFAR10_MEAN, CIFAR10_STD), 1000)
 
     model = CifarResNet(depth=20, num_classes=10).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -98,7 +96,7 @@ def main() -> None:
         "seed": args.seed,
         "split": f"stratified_split(cifar10/train targets, 0.1, seed={args.split_seed}): "
         "45,000 train / 5,000 val",
-        "normalisation": {"mean": CIFAR_MEAN, "std": CIFAR_STD},
+        "normalisation": {"mean": CIFAR10_MEAN, "std": CIFAR10_STD},
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,
         "train_time_s": round(train_time),

@@ -50,6 +50,7 @@ def _prefixed(state: dict, prefix: str) -> dict:
             lambda s: {"state_dict": _prefixed(s, "model."), "hyper_parameters": {"lr": 0.1}}, id="lightning"
         ),
         pytest.param(lambda s: _prefixed(s, "model.module."), id="lightning-dataparallel"),
+        pytest.param(lambda s: _prefixed(s, "_orig_mod."), id="torch-compile"),
         # a routine with a weighted loss saves the loss's weight beside the model's keys
         pytest.param(
             lambda s: {"state_dict": {**_prefixed(s, "model."), "loss.weight": torch.ones(2)}},

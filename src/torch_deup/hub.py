@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-WRAPPER_PREFIXES = ("module.", "model.")
+# DataParallel / DistributedDataParallel, Lightning, torch.compile
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -73,7 +74,7 @@ def _looks_local(source: str | Path) -> bool:
 
 
 def unwrap_state_dict(checkpoint: Any, model_keys: Collection[str] | None = None) -> dict[str, Tensor]:
-    """The state dict inside ``checkpoint``, without ``module.``/``model.`` prefixes.
+    """The state dict inside ``checkpoint``, without ``module.``/``model.``/``_orig_mod.`` prefixes.
 
     A prefix is removed only when every key carries it, so a model whose own first submodule is
     called ``model`` keeps its keys when they are mixed with others; with ``model_keys`` (the

@@ -288,6 +288,11 @@ def member_mean(outputs: ModelOutputs, score: Callable[[Tensor], Tensor]) -> Ten
     return score(class_logits(outputs.members.reshape(n * m, c))).view(n, m).mean(dim=1)
 
 
+def entropy(probs: Tensor) -> Tensor:
+    """Entropy in nats of the probabilities along the last dimension (``0 log 0 = 0``)."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
 def class_probabilities(logits: Tensor) -> Tensor:
     """Softmax over classes; a single logit is a binary model, returned as ``[1 - p, p]``."""
     return class_logits(logits).softmax(dim=1)

@@ -12,7 +12,7 @@ from helpers.models import conv_net
 from helpers.reference_deup import fit_reference_deup
 from torch_deup.features import DropoutVariance, EnsembleDisagreement, NotFittedError, OutputStatistics
 from torch_deup.models import DeepEnsemble
-from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs
+from torch_deup.outputs import ModelOutputs, OutputCapture, collect_outputs, evaluating
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.deup import per_sample_errors, stratified_folds
 
@@ -488,3 +488,20 @@ def test_each_fold_model_predicts_its_fold_without_having_seen_it():
     rest = torch.ones(200, dtype=torch.bool)
     rest[first] = False
     assert not torch.equal(after[rest], base[rest])
+
+
+def test_scoring_runs_the_model_on_the_fitting_device_and_refuses_nan_outputs(monkeypatch):
+    import torch_deup.post_processing.base as base
+
+    deup = DEUP(model=mlp(), device="cpu", **FAST).fit(loader())
+    devices = []
+
+    def spy(model, device=None):
+        devices.append(device)
+        return evaluating(model, device)
+
+    monkeypatch.setattr(base, "evaluating", spy)
+    deup(torch.randn(3, 4))
+    assert devices == ["cpu"]
+    with pytest.raises(ValueError, match="NaN or inf outputs on these inputs"):
+        deup(torch.full((2, 4), float("nan")))

@@ -59,10 +59,14 @@ def test_probability_grows_with_the_score_and_with_the_prior():
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="prior"):
         OODGate(prior=1.0)
-    with pytest.raises(ValueError, match="at least 2 calibration"):
+    with pytest.raises(ValueError, match="at least 2 finite calibration"):
         OODGate().fit(torch.tensor([1.0]), torch.tensor([2.0]))
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match=r"at least 2 finite calibration.*NaN or inf"):
         OODGate().fit(torch.tensor([1.0, float("nan")]), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="at least 1 finite outlier"):
+        OODGate().fit(torch.tensor([1.0, 2.0]), torch.tensor([]))
+    with pytest.raises(ValueError, match=r"at least 1 finite outlier.*NaN or inf"):
+        OODGate().fit(torch.tensor([1.0, 2.0]), torch.tensor([float("inf")]))
 
 
 def linear_model() -> nn.Module:

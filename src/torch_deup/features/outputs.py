@@ -9,7 +9,7 @@ from torch import Tensor
 
 from torch_deup.features.base import FeatureExtractor
 from torch_deup.features.density import require_embedding
-from torch_deup.outputs import ModelOutputs, class_probabilities, member_mean
+from torch_deup.outputs import ModelOutputs, class_probabilities, entropy, member_mean
 
 
 class OutputStatistics(FeatureExtractor):
@@ -34,12 +34,11 @@ class OutputStatistics(FeatureExtractor):
         logits = outputs.logits.float()
         probs = class_probabilities(logits)
         top2 = probs.topk(2, dim=1).values
-        log_probs = probs.clamp_min(1e-12).log()
-        entropy = -(probs * log_probs).sum(1) / math.log(probs.shape[1])
+        normalised_entropy = entropy(probs) / math.log(probs.shape[1])
         columns = [
             member_mean(outputs, lambda member_logits: member_logits.max(1).values),
             top2[:, 0],
-            entropy,
+            normalised_entropy,
             member_mean(outputs, lambda member_logits: torch.logsumexp(member_logits, 1)),
             top2[:, 0] - top2[:, 1],
         ]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from torch_deup.features.base import FeatureExtractor
 from torch_deup.features.density import check_dimension, require_embedding
-from torch_deup.outputs import ModelOutputs, class_probabilities, last_linear
+from torch_deup.outputs import ModelOutputs, class_probabilities, entropy, last_linear
 
 
 def dropout_rate(model: nn.Module) -> float:
@@ -115,7 +115,7 @@ class EnsembleDisagreement(FeatureExtractor):
             )
         probs = outputs.members.float().softmax(dim=2)
         mean = probs.mean(1)
-        mutual_information = _entropy(mean) - _entropy(probs).mean(1)
+        mutual_information = entropy(mean) - entropy(probs).mean(1)
         top = mean.argmax(1)
         top_probs = probs.gather(2, top[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)
         return torch.stack([mutual_information.clamp_min(0.0), top_probs.std(1)], dim=1)
@@ -123,7 +123,3 @@ class EnsembleDisagreement(FeatureExtractor):
     @property
     def names(self) -> list[str]:
         return ["mutual_information", "member_std"]
-
-
-def _entropy(probs: Tensor) -> Tensor:
-    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)

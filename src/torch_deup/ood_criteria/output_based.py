@@ -16,7 +16,7 @@ from torch import Tensor
 
 from torch_deup.features.variance import EnsembleDisagreement
 from torch_deup.ood_criteria.base import OODCriterion
-from torch_deup.outputs import ModelOutputs, class_logits, member_mean
+from torch_deup.outputs import ModelOutputs, class_logits, entropy, member_mean
 
 
 class MaxSoftmaxCriterion(OODCriterion):
@@ -79,9 +79,7 @@ class EntropyCriterion(OODCriterion):
     name = "Entropy"
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        probs = class_logits(outputs.logits).softmax(dim=1)
-        # xlogy makes 0 log 0 = 0, so saturated probabilities give no NaN
-        return -torch.special.xlogy(probs, probs).sum(dim=1)
+        return entropy(class_logits(outputs.logits).softmax(dim=1))
 
 
 class MutualInformationCriterion(OODCriterion):

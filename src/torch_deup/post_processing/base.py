@@ -74,7 +74,8 @@ class PostProcessing(ABC):
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""
         model = self._require_model()
-        with torch.no_grad(), evaluating(model):
+        # on the device the fit collected its outputs on, so scores see the same arithmetic
+        with torch.no_grad(), evaluating(model, getattr(self, "device", None)):
             return OutputCapture(model, self.recorded_layers)(model_input(model, x))
 
     def __call__(self, x: Tensor) -> Tensor:

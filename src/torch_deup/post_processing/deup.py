@@ -731,6 +731,11 @@ class DEUP(PostProcessing):
         mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7), then
         multiplied by the layer-statistics and KNN evidence (step 7)."""
         self._check_fitted()
+        if not torch.isfinite(outputs.logits).all():
+            raise ValueError(
+                "The model produced NaN or inf outputs on these inputs, which DEUP cannot score. Check "
+                "the inputs (normalisation, dtype) and the model."
+            )
         device = outputs.logits.device
         outputs = outputs.to("cpu")
         x = feature_matrix(self.features_, outputs)

@@ -322,13 +322,12 @@ class OODGate(TailEvidence):
 
     def fit(self, calibration: Tensor, outliers: Tensor) -> OODGate:
         """Fit on the OOD scores of the calibration rows and of the extra rows."""
-        if len(calibration) < 2 or len(outliers) < 1:
+        # the calibration scores are checked by TailEvidence.fit
+        if len(outliers) < 1 or not torch.isfinite(outliers).all():
             raise ValueError(
-                f"The OOD gate needs at least 2 calibration and 1 outlier scores, but got "
-                f"{len(calibration)} and {len(outliers)}."
+                f"The OOD gate needs at least 1 finite outlier score, but got {len(outliers)} scores, or "
+                "scores with NaN or inf values."
             )
-        if not (torch.isfinite(calibration).all() and torch.isfinite(outliers).all()):
-            raise ValueError("The OOD scores given to the gate hold NaN or inf values.")
         super().fit(calibration)
         t = torch.cat([self.evidence(calibration), self.evidence(outliers)])
         labels = torch.cat([torch.zeros(len(calibration)), torch.ones(len(outliers))]).double()

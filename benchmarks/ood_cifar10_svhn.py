@@ -34,6 +34,7 @@ import hashlib
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -231,15 +232,17 @@ def timed(fit, score, sets) -> tuple[dict, float, float]:
     return evaluate(scores_id, scores_ood, sets["test"]), fit_time, per_1000
 
 
-def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> tuple[dict, DEUP]:
-    """DEUP fitted on validation (training split as reference) once per seed: mean and spread,
-    and the last seed's fitted DEUP."""
-    seeds = []
+def seeded_row(args: argparse.Namespace, sets: dict, name: str, fit, score) -> tuple[dict, object]:
+    """A scorer fitted once per seed (``fit(seed)``): the mean and spread of every figure, and the
+    last seed's fitted scorer."""
+    seeds, fitted = [], []
+
+    def fit_and_keep(seed: int):
+        fitted.append(fit(seed))
+        return fitted[-1]
+
     for seed in args.seeds:
-        deup = configure(DEUP(seed=seed, progress=False, **json.loads(args.deup)))
-        metrics, fit_time, per_1000 = timed(
-            lambda d=deup: d.fit_outputs(*sets["val"], *sets["train"]), lambda d, o: d.score_outputs(o), sets
-        )
+        metrics, fit_time, per_1000 = timed(partial(fit_and_keep, seed), score, sets)
         seeds.append({**metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000})
     stacked = {k: torch.tensor([s[k] for s in seeds]) for k in seeds[0]}
     row = {
@@ -247,7 +250,32 @@ def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> tupl
         **{k: v.mean().item() for k, v in stacked.items()},
         "spread": {k: v.std().item() for k, v in stacked.items()},
     }
-    return row, deup
+    return row, fitted[-1]
+
+
+def deup_row(args: argparse.Namespace, sets: dict, name: str, configure) -> tuple[dict, DEUP]:
+    """DEUP fitted on validation (training split as reference) once per seed."""
+
+    def fit(seed: int) -> DEUP:
+        deup = configure(DEUP(seed=seed, progress=False, **json.loads(args.deup)))
+        return deup.fit_outputs(*sets["val"], *sets["train"])
+
+    return seeded_row(args, sets, name, fit, lambda d, o: d.score_outputs(o))
+
+
+def reference_row(args: argparse.Namespace, sets: dict) -> dict:
+    """torch-uncertainty's DEUP configuration, once per seed. Its folds follow the calibration
+    loader's order, unshuffled; that loader serves a random split, while the cached validation rows
+    are sorted by class (each fold would hold out two whole classes): each seed draws the order."""
+    val_logits, val_targets = sets["val"][0].logits, sets["val"][1]
+
+    def fit(seed: int):
+        order = torch.randperm(len(val_targets), generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)  # the reference initialises from the global generator
+        return fit_reference_deup(val_logits[order], val_targets[order])
+
+    name = f"DEUP (reference config, {len(args.seeds)} seeds)"
+    return seeded_row(args, sets, name, fit, lambda ref, o: ref(o.logits))[0]
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -277,14 +305,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append(
             {"criterion": criterion.name, **metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000}
         )
-    val_logits, val_targets = sets["val"][0].logits, sets["val"][1]
-    torch.manual_seed(0)  # the reference initialises from the global generator; 40 steps leave it seed-bound
-    metrics, fit_time, per_1000 = timed(
-        lambda: fit_reference_deup(val_logits, val_targets), lambda ref, o: ref(o.logits), sets
-    )
-    rows.append(
-        {"criterion": "DEUP (reference config)", **metrics, "fit s": fit_time, "score ms/1k": 1000 * per_1000}
-    )
+    rows.append(reference_row(args, sets))
     if ensemble:
 
         def without_disagreement(deup: DEUP) -> DEUP:

@@ -9,7 +9,8 @@ neither the image folders nor the official files are there (needs internet).
 The tutorial loads a ResNet-18 from Hugging Face; here the model is the project's ResNet-20, trained
 by ``benchmarks/train_cifar10.py`` on the 45,000-image split, so the 5,000 validation images DEUP is
 fitted on were never seen in training. DEUP is fitted at the start of the first ``trainer.test``;
-switching the criterion to MSP reuses it (no refit), as in the tutorial.
+the second, with MSP as the criterion, neither refits nor reads it, as in the tutorial (only the
+OOD detection scores change).
 """
 
 import argparse
@@ -43,6 +44,10 @@ datamodule = CIFAR10DataModule(
     postprocess_set="val",
     download=args.download,
 )
+try:
+    datamodule.setup()  # the data first: a missing folder stops here, before any model work
+except FileNotFoundError as error:
+    raise SystemExit(f"{error}\nWith this script: pass --data ROOT, or add --download.") from error
 trainer = TUTrainer(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=True)
 
 deup_c10 = DEUP(task="classification", hidden_dim=64, max_epochs=50, device="cpu")

@@ -5,7 +5,7 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
 from torch_deup.features.base import NotFittedError
-from torch_deup.features.distance import KNNDistance, MahalanobisDistance, TrustScore
+from torch_deup.features.distance import KNNDistance, MahalanobisDistance, TrustScore, largest
 from torch_deup.outputs import ModelOutputs
 
 
@@ -254,3 +254,11 @@ def test_mahalanobis_errors(train):
     # one row per class: every row is its mean, the covariance 0
     with pytest.raises(ValueError, match=r"more training rows than classes .* 3 rows of 3 classes"):
         MahalanobisDistance().fit(outputs_of(outputs.embedding[:3]), targets[:3])
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 9])
+def test_largest_returns_each_rows_k_largest_values_as_topk_does(k):
+    scores = torch.randn(50, 7, generator=torch.Generator().manual_seed(k)).round(decimals=1)  # ties
+    expected = scores.topk(min(k, 7), dim=1).values
+    assert torch.equal(largest(scores, k).sort(dim=1, descending=True).values, expected)
+    assert torch.equal(largest(scores.T.contiguous().T, k).sort(dim=1, descending=True).values, expected)

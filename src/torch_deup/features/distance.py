@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -20,6 +21,19 @@ from torch_deup.features.density import (
     require_embedding,
 )
 from torch_deup.outputs import ModelOutputs, class_logits
+
+
+def largest(scores: Tensor, k: int) -> Tensor:
+    """The ``k`` largest values of each row of ``scores``, in no order (all of them for a row of at
+    most ``k``). On CPU by numpy's introselect: torch's ``topk`` on rows of a few hundred values,
+    such as the trust score's per-class banks, took 6x longer (16.6 against 2.6 ms for 5,000 rows
+    of 450)."""
+    n = scores.shape[1]
+    if k >= n:
+        return scores
+    if scores.device.type != "cpu":
+        return scores.topk(k, dim=1, sorted=False).values
+    return torch.from_numpy(np.partition(scores.detach().numpy(), n - k, axis=1)[:, n - k :])
 
 
 def kth_distance(
@@ -38,10 +52,9 @@ def kth_distance(
             if not normalize:
                 # -|q - b|^2 = 2 q.b - |b|^2 - |q|^2, in place to keep a single (q, b) buffer
                 scores.mul_(2).sub_(block.square().sum(1)).sub_(chunk.square().sum(1, keepdim=True))
-            top = scores.topk(min(k, scores.shape[1]), dim=1, sorted=False).values
+            top = largest(scores, k)
             del scores  # free this block before the next one is allocated: one block alive at a time
-            best = top if best is None else torch.cat([best, top], dim=1)
-            best = best.topk(min(k, best.shape[1]), dim=1, sorted=False).values
+            best = top if best is None else largest(torch.cat([best, top], dim=1), k)
         kth.append(best.min(dim=1).values)
     similarity = torch.cat(kth)
     return 1.0 - similarity if normalize else (-similarity).clamp_min(0.0).sqrt()

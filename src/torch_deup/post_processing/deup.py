@@ -13,7 +13,11 @@ the model's outputs for an input to the loss the model incurs there. Read top to
 3. When training outputs are given, the *held-out-class* protocol
    (:mod:`torch_deup.post_processing.held_out_classes`) adds rows that show ``g`` what an error looks
    like on a class the density/distance extractors have never seen: without them ``g`` only learns
-   "low confidence means error" and scores confidently-wrong OOD inputs as safe.
+   "low confidence means error" and scores confidently-wrong OOD inputs as safe. For a classifier,
+   *virtual outliers* (:mod:`torch_deup.post_processing.virtual_outliers`; ``virtual_outliers``
+   per calibration row, 0.5 by default) add rows sampled from the low-likelihood tails of the
+   training embeddings' class Gaussians, with the linear head's logits: inputs unlike any image.
+   Both kinds of rows have as target the typical cost of an error.
 4. K stratified, shuffled folds: K predictors trained on K-1 folds give out-of-fold (OOF)
    predictions. They measure how well ``g`` generalises (``oof_spearman_``) and fix the number of
    epochs for the final ``g``, which is trained on all rows (nothing left out for early stopping).
@@ -67,8 +71,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
 Targets of the final ``g`` (``target=``): ``"error"`` (default) uses the observed errors; ``"oof"``
 uses the OOF predictions of the fold models, as TorchUncertainty does. Observed errors are unbiased
 out-of-sample targets here; OOF predictions are a smoothed copy that can only lose information the
-features did not capture (``benchmarks/select_deup.py '{"target": "oof"}'`` measures both without
-test data).
+features did not capture (``benchmarks/select_deup.py '{}' '{"target": "oof"}'`` measures both
+without test data).
 """
 
 from __future__ import annotations
@@ -331,7 +335,9 @@ class DEUP(PostProcessing):
         progress: show progress bars.
         seed: seed of folds, initialisation and mini-batch order.
         layers: the layers whose feature-map statistics the layer evidence and gate read, as for
-            :class:`~torch_deup.outputs.OutputCapture` (``"auto"``: a model's stages but the last).
+            :class:`~torch_deup.outputs.OutputCapture` (``"auto"``: a model's stages but the last,
+            its direct ``nn.Sequential`` children with image feature maps; a model without them,
+            such as an MLP, gets no layer evidence: ``layer_`` is ``None`` after fitting).
             Give a :class:`~torch_deup.routines.ClassificationRoutine` the same.
 
     Example:

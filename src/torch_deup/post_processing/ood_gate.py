@@ -51,8 +51,8 @@ pays on the proxy: it costs misclassification AUROC and does not lower SCOD_AUGR
 option (``DEUP(ood_prior=...)``) for models without feature-map stages.
 
 The smooth alternative, :class:`TailEvidence` of the same distance multiplying DEUP's score by
-``exp(w * (t - 1))`` (``DEUP(layer_weight=w)``), was then compared on the same proxy (3 draws,
-``ood_prior=0``):
+``exp(w * (t - 1))`` (``DEUP(layer_weight=w, evidence_onset=0)``; the onset came later), was then
+compared on the same proxy (3 draws, ``ood_prior=0``):
 
 ================  ============  ===========  ===============  ==============  =================
 ``layer_weight``  layer gate    mis. AUROC   SCOD_AUGRC near  SCOD_AUGRC far  synthetic AUROC
@@ -81,8 +81,8 @@ of a tenth): inputs of an unseen class have ordinary low-level statistics. The t
 ``g``'s own KNN-distance column (``DEUP(knn_weight=...)``) gives it back. Summed SCOD_AUGRC (near +
 far) on the same proxy, 3 draws, neighbour banks of a tenth, no gate, by ``layer_weight`` (rows) and
 ``knn_weight`` (columns; n/a: not run; ``select_deup.py`` with one configuration per cell, such as
-``'{"layer_weight": 0.625, "knn_weight": 0.25}'``, prints the two terms, whose rounded sums agree
-with these within 0.001):
+``'{"layer_weight": 0.625, "knn_weight": 0.25, "evidence_onset": 0}'``, printed the two terms at
+the time, whose rounded sums agreed with these within 0.001; the proxy has changed since):
 
 ==========================  ======  ======  ==========  ======  ======
 ``layer_weight``            0       0.125   0.25        0.375   0.5
@@ -209,7 +209,8 @@ the shifted kinds of the best baseline's AUROC, minus 1; ensemble: 71.63), so th
 maximises shifted AUROC at a tied SCOD_AUGRC sum unless the misclassification margin gets smaller.
 It chose ``layer_weight=1, knn_weight=0.5, t0 = 1.5`` (the single model's proxy alone would take
 ``layer_weight=1.25`` with the same onset, which is not eligible on the ensemble's: sum 44.537
-against the lowest 44.504). ``select_deup.py`` on the single model (3 draws; margins per kind):
+against the lowest 44.515 there; 44.503 against 44.479 after the fix of the ensemble's output
+statistics below). ``select_deup.py`` on the single model (3 draws; margins per kind):
 
 ==================================  ======  ========  ========  ======  =======  ===============
 ``layer_weight``, ``t0``, ``knn``   mis.    held-out  SCOD sum  far     shifted  smallest margin

@@ -262,3 +262,6 @@ def test_largest_returns_each_rows_k_largest_values_as_topk_does(k):
     expected = scores.topk(min(k, 7), dim=1).values
     assert torch.equal(largest(scores, k).sort(dim=1, descending=True).values, expected)
     assert torch.equal(largest(scores.T.contiguous().T, k).sort(dim=1, descending=True).values, expected)
+    half = scores.bfloat16()  # numpy has no bfloat16
+    expected = half.topk(min(k, 7), dim=1).values
+    assert torch.equal(largest(half, k).sort(dim=1, descending=True).values, expected)

@@ -33,7 +33,9 @@ def largest(scores: Tensor, k: int) -> Tensor:
         return scores
     if scores.device.type != "cpu":
         return scores.topk(k, dim=1, sorted=False).values
-    return torch.from_numpy(np.partition(scores.detach().numpy(), n - k, axis=1)[:, n - k :])
+    # numpy has no bfloat16; float32 holds its values exactly
+    array = (scores.float() if scores.dtype == torch.bfloat16 else scores).detach().numpy()
+    return torch.from_numpy(np.partition(array, n - k, axis=1)[:, n - k :]).to(scores.dtype)
 
 
 def kth_distance(

@@ -24,11 +24,15 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
         )
 
 
+def as_columns(values: Tensor) -> Tensor:
+    """``values`` as ``(N, k)``: one column for ``(N,)``, the trailing dimensions flattened otherwise
+    (``flatten(1)``, not ``reshape(N, -1)``, which cannot infer the width of zero rows)."""
+    return values.flatten(1) if values.ndim > 1 else values[:, None]
+
+
 def feature_matrix(features: Sequence[FeatureExtractor], outputs: ModelOutputs) -> Tensor:
     """The ``(N, total width)`` float matrix of every extractor's columns, side by side."""
-    columns = [f(outputs).float() for f in features]
-    # flatten(1), not reshape(N, -1): that cannot infer the width of zero rows
-    return torch.cat([c.flatten(1) if c.ndim > 1 else c[:, None] for c in columns], dim=1)
+    return torch.cat([as_columns(f(outputs).float()) for f in features], dim=1)
 
 
 class FeatureExtractor(ABC):

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from torch_deup.features.base import FeatureExtractor
+from torch_deup.features.base import FeatureExtractor, as_columns
 from torch_deup.features.density import require_embedding
 from torch_deup.outputs import ModelOutputs, class_probabilities, entropy, member_mean
 
@@ -55,8 +55,7 @@ class RegressionOutputs(FeatureExtractor):
     """The regression model's predictions, as they are."""
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
-        logits = outputs.logits.float()
-        return logits.flatten(1) if logits.ndim > 1 else logits[:, None]  # (N,) from a one-output model
+        return as_columns(outputs.logits.float())  # (N,) from a one-output model: one column
 
     @property
     def names(self) -> list[str]:

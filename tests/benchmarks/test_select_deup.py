@@ -1,0 +1,59 @@
+"""The selection rule of benchmarks/select_deup.py, which chose DEUP's defaults, on hand-made means."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from select_deup import SHIFTED, SYNTHETIC, margins, print_choice, print_shared_choice
+
+BASELINES = ["msp", "knn"]
+
+
+def means(mis: float, held: float, scod: float, far: float, shifted: float) -> dict[str, torch.Tensor]:
+    kinds = torch.tensor([far] * len(SYNTHETIC) + [shifted] * len(SHIFTED))
+    return {"mis": torch.tensor(mis), "held": torch.tensor(held), "scod": torch.tensor(scod), "kinds": kinds}
+
+
+def proxy() -> dict[str, dict[str, torch.Tensor]]:
+    table = {
+        "msp": means(91.0, 50.0, 50.0, 70.0, 60.0),
+        "knn": means(85.0, 97.0, 45.0, 80.0, 70.0),
+        "A": means(90.5, 98.0, 44.870, 95.0, 69.5),  # margins: mis 0.5, shifted 0.5 (bar 69)
+        "B": means(90.1, 98.0, 44.880, 95.0, 70.0),
+        "C": means(92.0, 99.0, 44.900, 99.0, 80.0),  # widest margins, but SCOD 0.03 above the lowest
+    }
+    # one kind where MSP is best: that kind's bar is MSP's, not the best mean's
+    table["msp"]["kinds"][0] = 96.0
+    return table
+
+
+def test_margins_read_a_bar_per_kind_and_eligibility_by_scod_sum():
+    result, eligible = margins(proxy(), BASELINES)
+    assert eligible == ["A", "B"]
+    far_bar = (96.0 + 80.0 * (len(SYNTHETIC) - 1)) / len(SYNTHETIC) - 1  # per kind, then the mean
+    assert abs(result["A"]["far"] - (95.0 - far_bar)) < 1e-5
+    assert abs(result["A"]["shifted"] - (69.5 - 69.0)) < 1e-5
+    assert abs(result["A"]["mis"] - (90.5 - 90.0)) < 1e-5
+    assert abs(result["B"]["held"] - (98.0 - 96.0)) < 1e-5
+
+
+def test_the_choice_is_the_widest_smallest_margin_among_the_eligible(capsys):
+    print_choice(proxy(), BASELINES)
+    # A: min(0.5, 2, 95 - far_bar, 0.5) = 0.5; B: min(0.1, ...) = 0.1; C is not eligible
+    assert capsys.readouterr().out.strip().endswith("chosen: A")
+
+
+def test_the_shared_choice_takes_the_widest_smallest_margin_over_every_proxy(tmp_path, capsys):
+    single = proxy()
+    other = proxy()
+    other["A"] = means(89.0, 98.0, 44.870, 95.0, 69.5)  # on this proxy A misses MSP's bar by 1
+    paths = []
+    for name, table in (("single", single), ("ensemble", other)):
+        record = {k: {f: v.tolist() for f, v in m.items()} for k, m in table.items()}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"baselines": BASELINES, "means": record}))
+    print_shared_choice([str(p) for p in paths])
+    assert capsys.readouterr().out.strip().endswith("chosen for all: B")

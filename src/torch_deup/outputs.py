@@ -332,11 +332,12 @@ def evaluating(model: nn.Module, device: torch.device | str | None = None) -> It
     # each module's own mode: a user may keep some (a frozen batch norm) in eval mode on purpose
     modes = [(module, module.training) for module in model.modules()]
     # the device itself: moving between devices updates the parameter objects in place
-    home = next((p.device for p in model.parameters()), None)
-    if device is not None:
-        model.to(device)
-    model.eval()
+    home = next((t.device for t in (*model.parameters(), *model.buffers())), None)
     try:
+        # inside the try: a move that fails part way (out of memory) is undone too
+        if device is not None:
+            model.to(device)
+        model.eval()
         yield model
     finally:
         for module, training in modes:

@@ -19,11 +19,15 @@ def means(mis: float, held: float, scod: float, far: float, shifted: float) -> d
 
 def proxy() -> dict[str, dict[str, torch.Tensor]]:
     table = {
+        # KNN ranks errors better than MSP here: the misclassification bar is still MSP's
         "msp": means(91.0, 50.0, 50.0, 70.0, 60.0),
-        "knn": means(85.0, 97.0, 45.0, 80.0, 70.0),
-        "A": means(90.5, 98.0, 44.870, 95.0, 69.5),  # margins: mis 0.5, shifted 0.5 (bar 69)
-        "B": means(90.1, 98.0, 44.880, 95.0, 70.0),
-        "C": means(92.0, 99.0, 44.900, 99.0, 80.0),  # widest margins, but SCOD 0.03 above the lowest
+        "knn": means(92.0, 97.0, 45.0, 80.0, 70.0),
+        # listed first and lowest in SCOD, but a narrower margin (shifted 0.3) than A's
+        "B": means(90.9, 98.0, 44.870, 95.0, 69.3),
+        # the choice: misclassification margin 0.5 (against MSP's 91 - 1), shifted 0.6
+        "A": means(90.5, 98.0, 44.880, 95.0, 69.6),
+        # the widest margins, but 0.016 above the lowest SCOD: not eligible
+        "D": means(92.0, 99.0, 44.886, 99.0, 80.0),
     }
     # one kind where MSP is best: that kind's bar is MSP's, not the best mean's
     table["msp"]["kinds"][0] = 96.0
@@ -32,24 +36,24 @@ def proxy() -> dict[str, dict[str, torch.Tensor]]:
 
 def test_margins_read_a_bar_per_kind_and_eligibility_by_scod_sum():
     result, eligible = margins(proxy(), BASELINES)
-    assert eligible == ["A", "B"]
+    assert eligible == ["B", "A"]
     far_bar = (96.0 + 80.0 * (len(SYNTHETIC) - 1)) / len(SYNTHETIC) - 1  # per kind, then the mean
     assert abs(result["A"]["far"] - (95.0 - far_bar)) < 1e-5
-    assert abs(result["A"]["shifted"] - (69.5 - 69.0)) < 1e-5
+    assert abs(result["A"]["shifted"] - (69.6 - 69.0)) < 1e-5
     assert abs(result["A"]["mis"] - (90.5 - 90.0)) < 1e-5
     assert abs(result["B"]["held"] - (98.0 - 96.0)) < 1e-5
 
 
 def test_the_choice_is_the_widest_smallest_margin_among_the_eligible(capsys):
     print_choice(proxy(), BASELINES)
-    # A: min(0.5, 2, 95 - far_bar, 0.5) = 0.5; B: min(0.1, ...) = 0.1; C is not eligible
+    # A: min(0.5, 2, far, 0.6) = 0.5; B: min(0.9, 2, far, 0.3) = 0.3; D is not eligible
     assert capsys.readouterr().out.strip().endswith("chosen: A")
 
 
 def test_the_shared_choice_takes_the_widest_smallest_margin_over_every_proxy(tmp_path, capsys):
     single = proxy()
     other = proxy()
-    other["A"] = means(89.0, 98.0, 44.870, 95.0, 69.5)  # on this proxy A misses MSP's bar by 1
+    other["A"] = means(89.0, 98.0, 44.880, 95.0, 69.6)  # on this proxy A misses MSP's bar by 1
     paths = []
     for name, table in (("single", single), ("ensemble", other)):
         record = {k: {f: v.tolist() for f, v in m.items()} for k, m in table.items()}

@@ -262,6 +262,13 @@ def test_largest_returns_each_rows_k_largest_values_as_topk_does(k):
     expected = scores.topk(min(k, 7), dim=1).values
     assert torch.equal(largest(scores, k).sort(dim=1, descending=True).values, expected)
     assert torch.equal(largest(scores.T.contiguous().T, k).sort(dim=1, descending=True).values, expected)
+    kept = scores.clone()
+    largest(scores, k)
+    assert torch.equal(scores, kept)  # not overwritten unless asked
+    result = largest(scores.clone(), k, overwrite=True)
+    assert torch.equal(result.sort(dim=1, descending=True).values, expected)
+    if k < 7:  # k columns of their own: not a view keeping the whole block alive
+        assert result.untyped_storage().nbytes() == 50 * k * 4
     half = scores.bfloat16()  # numpy has no bfloat16
     expected = half.topk(min(k, 7), dim=1).values
     assert torch.equal(largest(half, k).sort(dim=1, descending=True).values, expected)

@@ -95,6 +95,12 @@ def test_post_processing_gets_the_model_when_it_has_none_and_one_built_for_anoth
     twin.load_state_dict(model.state_dict())
     post = CountingPostProcessing(model)
     assert ClassificationRoutine(twin, 3, post_processing=post).post_processing.model is model
+    # a torch.compile wrapper of it, and a copy a precision plugin cast to bfloat16, are too
+    compiled = torch.compile(model)
+    assert ClassificationRoutine(compiled, 3, post_processing=post).post_processing.model is model
+    assert ClassificationRoutine(twin.bfloat16(), 3, post_processing=post).post_processing.model is model
+    with pytest.raises(ValueError, match="other weights"):
+        ClassificationRoutine(other.bfloat16(), 3, post_processing=post)
 
 
 def test_an_ood_cost_outside_zero_one_is_refused_before_any_fit():

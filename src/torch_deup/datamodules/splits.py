@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -23,8 +21,9 @@ def stratified_split(targets: Tensor, val_fraction: float, seed: int) -> tuple[T
     for label in torch.unique(targets):
         members = torch.nonzero(targets == label).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        # half up (round() rounds half to even); a class of two or more keeps a sample on each side
-        n_val = math.floor(len(members) * val_fraction + 0.5)
+        # round() as always (splits that trained checkpoints stay as they were); a class of two or
+        # more keeps a sample on each side, where it had given one side all of them
+        n_val = round(len(members) * val_fraction)
         if len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
         val.append(members[:n_val])

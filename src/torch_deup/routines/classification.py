@@ -372,8 +372,20 @@ def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    """Whether two models hold the same parameters and buffers (one checkpoint loaded twice)."""
+    """Whether two models hold the same parameters and buffers: one checkpoint loaded twice, a
+    ``torch.compile`` wrapper of the other, or a copy a precision plugin cast to fewer bits."""
+    a, b = (getattr(model, "_orig_mod", model) for model in (a, b))
+    if a is b:
+        return True
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
-    )
+    return sa.keys() == sb.keys() and all(_same_values(sa[key], sb[key]) for key in sa)
+
+
+def _same_values(x: Tensor, y: Tensor) -> bool:
+    if x.shape != y.shape:
+        return False
+    if x.dtype != y.dtype and x.is_floating_point() and y.is_floating_point():
+        # compared at the lower precision, which the cast copy has
+        low = min((x.dtype, y.dtype), key=lambda dtype: torch.finfo(dtype).bits)
+        x, y = x.to(low), y.to(low)
+    return torch.equal(x.detach().cpu(), y.detach().cpu())

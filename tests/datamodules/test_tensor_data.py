@@ -141,3 +141,14 @@ def test_hidden_folders_are_no_classes_and_an_empty_class_folder_is_refused(tmp_
     (tmp_path / "set" / "c").mkdir()
     with pytest.raises(FileNotFoundError, match=r"set/c holds no images"):
         load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_loose_images_beside_class_folders_are_refused_and_hidden_files_are_no_images(tmp_path):
+    labels = [0, 1]
+    write_class_folders(tmp_path / "set", coded_images(labels, seed=0), labels, ["a", "b"])
+    (tmp_path / "set" / "a" / "._0000.png").write_bytes(b"macOS metadata, not an image")
+    data = load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", progress=False)
+    assert data.targets.tolist() == [0, 1]
+    write_flat_folder(tmp_path / "set", coded_images([0], seed=1))  # set/0000.png beside a/ and b/
+    with pytest.raises(ValueError, match=r"holds both images \(1, e.g. 0000.png\) and class folders"):
+        load_image_folder(tmp_path / "set", cache_dir=tmp_path / "cache", progress=False)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from torch_deup.datamodules.base import TensorDataModule
 from torch_deup.datamodules.tensor_data import (
-    IMAGE_SUFFIXES,
     ImageTensors,
     class_folders,
     load_flat_image_folder,
@@ -109,12 +108,6 @@ class ImageFolderDataModule(TensorDataModule):
 def _load_any_folder(folder: Path, cache_dir: PathLike | None) -> ImageTensors:
     """A class-structured folder (``folder/<class>/*``) or a flat one (``folder/*``), never a mix,
     whose loose images would otherwise be dropped."""
-    if not (folder.is_dir() and class_folders(folder)):
-        return load_flat_image_folder(folder, cache_dir)
-    loose = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if loose:
-        raise ValueError(
-            f"The OOD folder {folder} holds both images ({len(loose)}, e.g. {loose[0].name}) and class "
-            f"folders {class_folders(folder)}. Move the images into a folder, or the folders out."
-        )
-    return load_image_folder(folder, cache_dir)
+    if folder.is_dir() and class_folders(folder):
+        return load_image_folder(folder, cache_dir)  # which refuses loose images beside the folders
+    return load_flat_image_folder(folder, cache_dir)

@@ -43,8 +43,9 @@ def default_cache_dir() -> Path:
 
 
 def _image_files(paths: Iterable[Path]) -> list[Path]:
-    """The decodable image files among ``paths``, sorted; an image torchvision cannot decode raises."""
-    files = sorted(p for p in paths if p.is_file())
+    """The decodable image files among ``paths``, sorted; an image torchvision cannot decode raises.
+    Hidden files (``.name``, such as macOS's ``._image.jpg`` metadata) are no images."""
+    files = sorted(p for p in paths if p.is_file() and not p.name.startswith("."))
     unsupported = [p for p in files if p.suffix.lower() in UNSUPPORTED_SUFFIXES]
     if unsupported:
         raise ValueError(
@@ -67,6 +68,12 @@ def class_folders(root: Path) -> list[str]:
 def list_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """Files of a ``root/<class>/<image>`` tree, labelled by :func:`class_folders`' order."""
     classes = class_folders(root)
+    loose = _image_files(root.iterdir())
+    if classes and loose:
+        raise ValueError(
+            f"{root} holds both images ({len(loose)}, e.g. {loose[0].name}) and class folders {classes}: "
+            "the images would belong to no class. Move them into class folders, or the folders out."
+        )
     files, targets = [], []
     for label, name in enumerate(classes):
         images = _image_files((root / name).iterdir())

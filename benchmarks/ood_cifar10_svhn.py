@@ -89,12 +89,14 @@ def checkpoints_sha256(checkpoints: list[str]) -> str:
     return "+".join(hashlib.sha256(Path(c).read_bytes()).hexdigest() for c in checkpoints)
 
 
-def collect_all(args: argparse.Namespace) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
-    """Outputs of the four splits (cached in ``--cache`` for this checkpoint) and the forward times."""
+def collect_all(
+    args: argparse.Namespace, dm: CIFAR10DataModule
+) -> tuple[dict[str, tuple[ModelOutputs, torch.Tensor]], dict]:
+    """Outputs of the four splits of ``dm`` (cached in ``--cache`` for this checkpoint) and the
+    forward times."""
     cache = Path(args.cache) if args.cache else None
     checkpoint_sha256 = checkpoints_sha256(args.checkpoint)
     data = str(Path(args.data).resolve())
-    dm = data_module(args)
     dm.setup()  # resolves the input statistics (decoded images are cached: a few seconds)
     # what the outputs depend on besides the checkpoint: the input statistics and the split
     setup = {
@@ -279,7 +281,8 @@ def reference_row(args: argparse.Namespace, sets: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    sets, times = collect_all(args)
+    dm = data_module(args)  # one load of the images, for the outputs and the timed forward passes
+    sets, times = collect_all(args, dm)
     n_forward = sum(len(sets[k][1]) for k in ("train", "val"))
     n_test = sum(len(sets[k][1]) for k in ("test", "svhn"))
     print(
@@ -317,7 +320,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     row, deup = deup_row(args, sets, f"DEUP (ours, {len(args.seeds)} seeds)", lambda deup: deup)
     rows.append(row)
     model = load_model(args.checkpoint)
-    loader = data_module(args).test_dataloader()[0]
+    loader = dm.test_dataloader()[0]
     cost = forward_costs(model, deup, loader)
     # the fit again, right after the forward timings: this machine's speed moves within minutes
     start = time.perf_counter()

@@ -112,6 +112,15 @@ _LOG_EPS = 1e-3  # errors below this are "no error": their log is not worth fitt
 _LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
 
 
+def check_finite_outputs(logits: Tensor, where: str) -> None:
+    """Raise, naming ``where``, if the model's outputs hold NaN or inf values."""
+    if not torch.isfinite(logits).all():
+        raise ValueError(
+            f"The model produced NaN or inf outputs on {where}. Check the model and its inputs "
+            "(normalisation, dtype)."
+        )
+
+
 def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
     """The base model's loss on each sample, after checking targets against the outputs.
 
@@ -119,11 +128,7 @@ def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
         >>> per_sample_errors("regression", torch.tensor([[1.0], [3.0]]), torch.tensor([1.0, 1.0]))
         tensor([0., 4.])
     """
-    if not torch.isfinite(logits).all():
-        raise ValueError(
-            "The model produced NaN or inf outputs on the calibration data. Check the model and its "
-            "inputs (normalisation, dtype) before fitting DEUP."
-        )
+    check_finite_outputs(logits, "the calibration data, which DEUP cannot fit on")
     if targets.dtype.is_floating_point and not torch.isfinite(targets).all():
         raise ValueError("The calibration targets hold NaN or inf values. Drop or fix those samples.")
     if task == "regression":
@@ -737,11 +742,7 @@ class DEUP(PostProcessing):
         mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7), then
         multiplied by the layer-statistics and KNN evidence (step 7)."""
         self._check_fitted()
-        if not torch.isfinite(outputs.logits).all():
-            raise ValueError(
-                "The model produced NaN or inf outputs on these inputs, which DEUP cannot score. Check "
-                "the inputs (normalisation, dtype) and the model."
-            )
+        check_finite_outputs(outputs.logits, "these inputs, which DEUP cannot score")
         device = outputs.logits.device
         outputs = outputs.to("cpu")
         x = feature_matrix(self.features_, outputs)

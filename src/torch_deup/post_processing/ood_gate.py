@@ -235,6 +235,17 @@ logit and energy) moved the ensemble's proxy: the default reads 90.45 / 97.74 / 
 -0.70; ``layer_weight=1.25`` not eligible); ``--combine`` still chooses it. The rule's change was
 made after the eighth session's test runs had shown the proxy misled; the disclosure is in the
 README.
+
+The tenth session tried the logarithm of each channel's standard deviation in place of the
+deviation (``log(std + 1e-4)``), and both side by side, on the same proxy and grid (``t0`` in 0,
+1.5, ..., 3; ``layer_weight`` 0.75 to 2; ``knn_weight`` 0.25 and 0.5; one fitted ``g`` per draw,
+scratch script). Alone, the log deviation detects the shifted kinds far better (71.31 against
+63.49; blur 95.8 against 87.2, dark 70.9 against 56.3) and the far kinds worse (87.20 against
+90.23; mosaics 47.2 against 62.0). In DEUP it lowers the SCOD_AUGRC sum (44.818 against 44.873 at
+the default; the lowest cell 44.810 against 44.870), but the stronger layer-statistics baseline
+raises the per-kind bars of blur and dark more than DEUP gains there: the rule's best smallest
+margin is -0.86 (``layer_weight=1, knn_weight=0.5, t0 = 0``) against -0.26 with the deviation
+itself, and -1.43 with both. It was not adopted.
 """
 
 from __future__ import annotations

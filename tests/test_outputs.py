@@ -12,6 +12,7 @@ from torch_deup.outputs import (
     channel_statistics,
     collect_outputs,
     concat_outputs,
+    evaluating,
 )
 
 
@@ -153,6 +154,26 @@ def test_collect_outputs_runs_in_eval_mode_and_restores_the_mode_and_the_device(
     assert torch.equal(first.logits, second.logits)  # no dropout noise
     assert model.training
     assert moves == [("cpu",), (torch.device("cpu"),)] * 2  # there and back, each time
+
+
+def test_a_move_that_fails_part_way_is_undone_and_a_buffer_only_model_finds_its_device():
+    # a second device is not at hand here: the move to it fails as an out-of-memory move would
+    model = nn.Sequential(nn.BatchNorm1d(4, affine=False))  # buffers only, no parameters
+    model.train()
+    moves = []
+    original_to = model.to
+
+    def to(device):
+        moves.append(device)
+        if device == "elsewhere":
+            raise RuntimeError("out of memory")
+        return original_to(device)
+
+    model.to = to
+    with pytest.raises(RuntimeError, match="out of memory"), evaluating(model, "elsewhere"):
+        pass
+    assert moves == ["elsewhere", torch.device("cpu")]  # back to the buffers' device
+    assert model.training
 
 
 def test_collecting_keeps_a_submodule_the_user_froze_in_eval_mode():

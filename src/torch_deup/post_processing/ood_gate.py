@@ -245,7 +245,12 @@ scratch script). Alone, the log deviation detects the shifted kinds far better (
 the default; the lowest cell 44.810 against 44.870), but the stronger layer-statistics baseline
 raises the per-kind bars of blur and dark more than DEUP gains there: the rule's best smallest
 margin is -0.86 (``layer_weight=1, knn_weight=0.5, t0 = 0``) against -0.26 with the deviation
-itself, and -1.43 with both. It was not adopted.
+itself, and -1.43 with both. It was not adopted. Nor was a layer evidence gated by the KNN
+evidence, ``layer_weight * max(t - t0, 0) * min(t_knn, c) / c`` (so that an input with ordinary
+embeddings, as most in-distribution inputs with unusual low-level statistics have, gains less):
+over the same grid and ``c`` in 0.5, 1, 2, its best eligible cell (``c = 0.5, layer_weight=1.25,
+knn_weight=0.5, t0 = 1.5``) has a smallest margin of -0.19 against the plain form's -0.26, within
+the proxy's noise.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -435,6 +436,24 @@ def test_a_half_precision_model_gets_its_inputs_in_half_precision():
     assert torch.isfinite(scores).all()
     # the same as scoring the outputs of half inputs
     torch.testing.assert_close(scores, deup.score_outputs(OutputCapture(model)(images[:7].bfloat16())))
+
+
+def test_a_conv_net_without_stages_is_warned_about_missing_layer_evidence_and_an_mlp_is_not():
+    flat_conv = nn.Sequential(  # convolutions, but no nn.Sequential stage for layers="auto"
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(240, 1, 5, 5, generator=g)
+    cal = DataLoader(TensorDataset(images[:90], torch.arange(90) % 3), batch_size=32)
+    train = DataLoader(TensorDataset(images[90:], torch.arange(150) % 3), batch_size=32)
+    kwargs = {"max_epochs": 2, "progress": False, "held_out_classes": 0}
+    with pytest.warns(UserWarning, match=r"without its layer evidence.*Name the blocks"):
+        assert DEUP(model=flat_conv, **kwargs).fit(cal, train).layer_ is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert DEUP(model=flat_conv, layers=["1"], **kwargs).fit(cal, train).layer_ is not None
+        assert DEUP(model=flat_conv, layers=None, **kwargs).fit(cal, train).layer_ is None
+        DEUP(model=mlp(), **FAST).fit(loader(), loader())
 
 
 def test_a_regressor_with_one_output_of_shape_n_fits_and_scores_as_one_of_shape_n_by_1():

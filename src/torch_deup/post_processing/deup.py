@@ -87,6 +87,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -616,6 +617,8 @@ class DEUP(PostProcessing):
                 features, widths, x, cal_outputs, cal_targets, cost, train
             )
         layer, layer_gate, layer_evidence = None, None, None
+        if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is None:
+            self._warn_no_layer_evidence()
         if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is not None:
             layer, distances = _fit_layer_distance(cal_outputs, train)
             layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
@@ -647,6 +650,22 @@ class DEUP(PostProcessing):
         )
         with _single_thread():
             self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
+
+    def _warn_no_layer_evidence(self) -> None:
+        """Warn when a convolutional model fits without step 7's layer evidence: its outputs carry
+        no feature-map statistics, so its OOD score loses the low-level view (an MLP, which has no
+        feature maps, fits silently)."""
+        if self.model is None or self.layers is None:  # no model to tell by, or asked for none
+            return
+        if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in self.model.modules()):
+            warnings.warn(
+                "DEUP fits without its layer evidence: the model has convolutions, but the outputs "
+                "carry no feature-map statistics (`layers='auto'` records a model's direct "
+                "nn.Sequential children with image feature maps, and found none). Name the blocks to "
+                "record in `layers=` (of DEUP or ClassificationRoutine; see torch_deup.outputs."
+                "auto_layers), or pass `layers=None` to fit without them and silence this warning.",
+                stacklevel=2,
+            )
 
     def _extra_rows_and_gate(
         self,

@@ -251,7 +251,8 @@ def main() -> None:
         saved["setup"],
     )
     # ViM needs one linear head; an ensemble has mutual information instead
-    baselines = ["msp", "knn", "gda", "layer_stats", "mutual_information" if ensemble else "vim"]
+    baselines = ["msp", "knn", "gda", "layer_stats", "layer_range"]
+    baselines.append("mutual_information" if ensemble else "vim")
     names = baselines + [f"DEUP {c}" for c in args.configs]
     results = {name: [] for name in names}
     fit_times = {name: 0.0 for name in names}

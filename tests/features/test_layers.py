@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis
 
-from torch_deup.features import LayerStatistics, NotFittedError
+from torch_deup.features import LayerRange, LayerStatistics, NotFittedError
 from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs
 
@@ -57,3 +57,55 @@ def test_bad_input_is_named():
         layer(outputs(torch.zeros(2, 4)))
     with pytest.raises(NotFittedError):
         LayerStatistics()(outputs(torch.zeros(2, 5)))
+
+
+def range_reference(train: np.ndarray, query: np.ndarray, q: float) -> np.ndarray:
+    """Written out per statistic: the distance beyond the [q, 1 - q] quantiles, in training stds."""
+    low, high, std = np.quantile(train, q, axis=0), np.quantile(train, 1 - q, axis=0), train.std(0, ddof=1)
+    return (np.maximum(low - query, 0) / std + np.maximum(query - high, 0) / std).sum(1)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.001, 0.05])
+def test_range_distance_is_the_distance_beyond_the_training_quantiles(quantile):
+    train, query = correlated(300, 0), correlated(40, 1) * 1.5
+    layer = LayerRange(quantile).fit(outputs(train), torch.zeros(300, dtype=torch.long))
+    expected = range_reference(train.double().numpy(), query.double().numpy(), quantile)
+    np.testing.assert_allclose(layer(outputs(query))[:, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the query has rows inside and outside the range
+    assert (expected > 0).any()
+    assert (expected == 0).any()
+
+
+def test_range_distance_is_zero_on_every_training_row_inside_the_range():
+    train = correlated(500, 0)
+    distances = LayerRange(0.0).fit(outputs(train), None)(outputs(train))[:, 0]
+    assert torch.equal(distances, torch.zeros(500))
+    # with q = 0.01 each statistic leaves about 2% of the rows outside: 5 statistics, at most 10%
+    outside = LayerRange(0.01).fit(outputs(train), None)(outputs(train))[:, 0] > 0
+    assert 0.02 < outside.float().mean() <= 0.1
+
+
+def test_range_distance_saves_and_loads_and_its_criterion_is_its_column():
+    train, query = outputs(correlated(100, 0)), outputs(correlated(7, 1) * 2)
+    layer = LayerRange(0.01).fit(train, None)
+    copy = LayerRange()
+    copy.load_state_dict(layer.state_dict())
+    assert copy.quantile == 0.01
+    assert torch.equal(copy(query), layer(query))
+    criterion = get_criterion("layer_range").fit(train, torch.zeros(100, dtype=torch.long))
+    assert torch.equal(criterion(query), LayerRange().fit(train, None)(query)[:, 0])
+
+
+def test_range_distance_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"`quantile` in \[0, 0.5\)"):
+        LayerRange(0.5)
+    with pytest.raises(ValueError, match="layer_stats is None"):
+        LayerRange().fit(ModelOutputs(torch.zeros(4, 3)), None)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        LayerRange().fit(outputs(torch.tensor([[0.0], [float("nan")]])), None)
+    with pytest.raises(ValueError, match="at least 2 training rows"):
+        LayerRange().fit(outputs(torch.zeros(1, 2)), None)
+    with pytest.raises(ValueError, match="fitted on 5-dimensional"):
+        LayerRange().fit(outputs(correlated(50, 0)), None)(outputs(torch.zeros(2, 4)))
+    with pytest.raises(NotFittedError):
+        LayerRange()(outputs(torch.zeros(2, 5)))

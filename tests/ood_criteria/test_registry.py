@@ -6,6 +6,7 @@ from torch_deup.ood_criteria import (
     EntropyCriterion,
     GDACriterion,
     KNNCriterion,
+    LayerRangeCriterion,
     LayerStatisticsCriterion,
     MahalanobisCriterion,
     MaxLogitCriterion,
@@ -26,6 +27,7 @@ NAMES = {
     "gda": (GDACriterion, "GDA"),
     "vim": (ViMCriterion, "ViM"),
     "layer_stats": (LayerStatisticsCriterion, "LayerStats"),
+    "layer_range": (LayerRangeCriterion, "LayerRange"),
     "mutual_information": (MutualInformationCriterion, "MutualInformation"),
 }
 

@@ -10,7 +10,7 @@ from torch_deup.features import ViMScore
 from torch_deup.features.base import feature_matrix
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance
-from torch_deup.features.layers import LayerStatistics
+from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.features.outputs import OutputStatistics
 from torch_deup.models import DeepEnsemble
 from torch_deup.outputs import ModelOutputs
@@ -191,26 +191,29 @@ def log_evidence(t: torch.Tensor, weight: float, onset: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("ood_prior", "layer_gate", "layer_weight", "knn_weight", "onset"),
+    ("ood_prior", "layer_gate", "layer_weight", "knn_weight", "onset", "distance"),
     [
-        (0.0, True, 0.0, 0.0, 2.0),
-        (0.1, True, 0.0, 0.0, 2.0),
-        (0.0, True, 0.5, 0.0, 0.0),
-        (0.1, True, 0.7, 0.0, 0.5),
-        (0.0, False, 0.5, 0.0, 2.0),
-        (0.0, False, 0.625, 0.25, 0.0),
-        (0.0, False, 1.0, 0.25, 2.0),
-        (0.1, True, 0.0, 0.4, 1.5),
+        (0.0, True, 0.0, 0.0, 2.0, "mahalanobis"),
+        (0.1, True, 0.0, 0.0, 2.0, "range"),
+        (0.0, True, 0.5, 0.0, 0.0, "mahalanobis"),
+        (0.1, True, 0.7, 0.0, 0.5, "range"),
+        (0.0, False, 0.5, 0.0, 2.0, "mahalanobis"),
+        (0.0, False, 0.625, 0.25, 0.0, "mahalanobis"),
+        (0.0, False, 1.0, 0.25, 2.0, "range"),
+        (0.0, False, 1.0, 0.5, 1.5, "range"),
+        (0.1, True, 0.0, 0.4, 1.5, "mahalanobis"),
     ],
 )
 def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_layer_and_knn_evidence(
-    ood_prior, layer_gate, layer_weight, knn_weight, onset
+    ood_prior, layer_gate, layer_weight, knn_weight, onset, distance
 ):
     model = conv_net()
     weights = {"layer_weight": layer_weight, "knn_weight": knn_weight, "evidence_onset": onset}
-    deup = DEUP(model=model, ood_prior=ood_prior, layer_gate=layer_gate, **weights, **LAYER)
+    deup = DEUP(
+        model=model, ood_prior=ood_prior, layer_gate=layer_gate, layer_distance=distance, **weights, **LAYER
+    )
     deup.fit(image_loader(90, 0), image_loader(150, 1))
-    assert isinstance(deup.layer_, LayerStatistics)
+    assert isinstance(deup.layer_, {"range": LayerRange, "mahalanobis": LayerStatistics}[distance])
     assert (deup.gate_ is not None) == (ood_prior > 0)
     assert (deup.layer_gate_ is not None) == layer_gate
     assert (deup.layer_evidence_ is not None) == (layer_weight > 0)
@@ -298,6 +301,8 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
         )
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
+    with pytest.raises(ValueError, match=r"`layer_distance` in \('range', 'mahalanobis'\)"):
+        DEUP(layer_distance="gram").fit_outputs(cal, torch.arange(30) % 3)
     for weight in (-0.5, float("nan"), float("inf"), True, "0.5"):
         for name in ("layer_weight", "knn_weight", "evidence_onset"):
             with pytest.raises(ValueError, match=name):
@@ -307,7 +312,7 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
 def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
     model = conv_net()
     deup = DEUP(model=model, layers=["1"], **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    assert deup.layer_.mean_.shape == (12,)  # the second stage: 6 means, 6 deviations
+    assert deup.layer_.low_.shape == (12,)  # the second stage: 6 means, 6 deviations
     assert deup(torch.randn(5, 1, 5, 5)).shape == (5,)
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"]), layers=["0"])
@@ -479,3 +484,20 @@ def test_a_save_loads_with_the_gates_it_was_fitted_with_after_their_settings_are
     old = load_older_save(deup, model, tmp_path, (), (("gate", "state", "prior"),))
     assert old.gate_.prior == 0.1
     assert torch.equal(old(x), before)
+
+
+def test_a_save_from_before_the_range_distance_refits_with_the_mahalanobis_one(tmp_path):
+    model = conv_net()
+    deup = DEUP(model=model, layer_distance="mahalanobis", **LAYER)
+    deup.fit(image_loader(90, 0), image_loader(150, 1))
+    deup.save(tmp_path / "deup.pt")
+    state = torch.load(tmp_path / "deup.pt", weights_only=True)
+    del state["params"]["layer_distance"]  # as files saved before the parameter existed
+    torch.save(state, tmp_path / "old.pt")
+    old = DEUP.load(tmp_path / "old.pt", model=model)
+    assert old.layer_distance == "mahalanobis"
+    assert isinstance(old.layer_, LayerStatistics)
+    x = torch.randn(10, 1, 5, 5)
+    assert torch.equal(old(x), deup(x))
+    assert DEUP.load(tmp_path / "deup.pt", model=model).layer_distance == "mahalanobis"
+    assert DEUP(model=model, **LAYER).layer_distance == "range"

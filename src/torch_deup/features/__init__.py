@@ -1,7 +1,7 @@
 """Feature extractors: what DEUP's error predictor and the OOD criteria read from model outputs."""
 
 from torch_deup.features.base import FeatureExtractor, NotFittedError, check_is_fitted
-from torch_deup.features.layers import LayerStatistics
+from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement
@@ -11,6 +11,7 @@ __all__ = [
     "Embedding",
     "EnsembleDisagreement",
     "FeatureExtractor",
+    "LayerRange",
     "LayerStatistics",
     "NotFittedError",
     "OutputStatistics",

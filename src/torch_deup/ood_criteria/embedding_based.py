@@ -14,7 +14,7 @@ from torch import Tensor
 from torch_deup.features.base import FeatureExtractor, check_is_fitted
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, MahalanobisDistance
-from torch_deup.features.layers import LayerStatistics
+from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.features.subspace import ViMScore
 from torch_deup.ood_criteria.base import OODCriterion
 from torch_deup.outputs import ModelOutputs
@@ -141,3 +141,22 @@ class LayerStatisticsCriterion(FeatureCriterion):
 
     def make_extractor(self) -> FeatureExtractor:
         return LayerStatistics()
+
+
+class LayerRangeCriterion(FeatureCriterion):
+    """How far the intermediate feature maps' channel statistics lie outside the training split's
+    range (:class:`~torch_deup.features.layers.LayerRange`).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.zeros(100, 2), layer_stats=torch.randn(100, 4))
+        >>> crit = LayerRangeCriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.zeros(3, 2), layer_stats=torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "LayerRange"
+    needs_layer_stats = True
+
+    def make_extractor(self) -> FeatureExtractor:
+        return LayerRange()

@@ -7,6 +7,7 @@ from torch_deup.ood_criteria.deup import DEUPCriterion
 from torch_deup.ood_criteria.embedding_based import (
     GDACriterion,
     KNNCriterion,
+    LayerRangeCriterion,
     LayerStatisticsCriterion,
     MahalanobisCriterion,
     ViMCriterion,
@@ -30,6 +31,7 @@ CRITERIA: dict[str, type[OODCriterion]] = {
     "gda": GDACriterion,
     "vim": ViMCriterion,
     "layer_stats": LayerStatisticsCriterion,
+    "layer_range": LayerRangeCriterion,
     "mutual_information": MutualInformationCriterion,
 }
 

@@ -104,7 +104,7 @@ from tqdm.auto import tqdm
 from torch_deup.features.base import FeatureExtractor, NotFittedError, feature_matrix
 from torch_deup.features.density import GaussianDensity
 from torch_deup.features.distance import KNNDistance, TrustScore
-from torch_deup.features.layers import LayerStatistics
+from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
@@ -116,6 +116,7 @@ from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 
 TASKS = ("classification", "regression")
 TARGETS = ("error", "oof")
+LAYER_DISTANCES = {"range": LayerRange, "mahalanobis": LayerStatistics}
 _LOG_EPS = 1e-3  # errors below this are "no error": their log is not worth fitting
 _LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
 
@@ -341,6 +342,10 @@ class DEUP(PostProcessing):
         knn_weight: exponent of the same evidence of ``g``'s KNN-distance column (step 7), for a
             classifier with training outputs and a :class:`~torch_deup.features.distance.KNNDistance`
             among the features; ``0`` disables it.
+        layer_distance: the layer statistics' distance that the layer evidence and gate read
+            (step 7): ``"range"``, how far they lie outside the training rows' range
+            (:class:`~torch_deup.features.layers.LayerRange`), or ``"mahalanobis"``
+            (:class:`~torch_deup.features.layers.LayerStatistics`).
         evidence_onset: the tail evidence ``t0`` from which both evidences count (step 7): an input
             with ``t`` below it keeps its ``g`` (for ``t0 >= 1``); ``0`` gives ``w * (t - 1)``, the
             form before the onset existed.
@@ -382,9 +387,10 @@ class DEUP(PostProcessing):
         ood_prior: float = 0.0,
         layer_gate: bool = False,
         layer_tail: float = 0.01,
-        layer_weight: float = 1.0,
+        layer_weight: float = 1.25,
         knn_weight: float = 0.5,
-        evidence_onset: float = 1.5,
+        layer_distance: str = "range",
+        evidence_onset: float = 2.0,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -409,6 +415,7 @@ class DEUP(PostProcessing):
         self.layer_tail = layer_tail
         self.layer_weight = layer_weight
         self.knn_weight = knn_weight
+        self.layer_distance = layer_distance
         self.evidence_onset = evidence_onset
         self.batch_size = batch_size
         self.lr = lr
@@ -424,6 +431,10 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `task` in {TASKS}, but got {self.task!r}.")
         if self.target not in TARGETS:
             raise ValueError(f"Expected `target` in {TARGETS}, but got {self.target!r}.")
+        if self.layer_distance not in LAYER_DISTANCES:
+            raise ValueError(
+                f"Expected `layer_distance` in {tuple(LAYER_DISTANCES)}, but got {self.layer_distance!r}."
+            )
         for name in ("num_folds", "hidden_dim", "max_epochs", "batch_size", "patience"):
             value = getattr(self, name)
             low = 2 if name == "num_folds" else 1
@@ -620,7 +631,7 @@ class DEUP(PostProcessing):
         if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is None:
             self._warn_no_layer_evidence()
         if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is not None:
-            layer, distances = _fit_layer_distance(cal_outputs, train)
+            layer, distances = _fit_layer_distance(LAYER_DISTANCES[self.layer_distance](), cal_outputs, train)
             layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
             layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None
         knn_column, knn_evidence = None, None
@@ -817,7 +828,8 @@ class DEUP(PostProcessing):
     _PARAMS = (
         "task", "num_folds", "hidden_dim", "max_epochs", "target", "held_out_classes", "held_out_weight",
         "virtual_outliers", "ood_prior", "layer_gate", "layer_tail", "layer_weight", "knn_weight",
-        "evidence_onset", "batch_size", "lr", "weight_decay", "patience", "progress", "seed", "layers",
+        "layer_distance", "evidence_onset", "batch_size", "lr", "weight_decay", "patience", "progress",
+        "seed", "layers",
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
@@ -868,10 +880,11 @@ class DEUP(PostProcessing):
         state = torch.load(path, map_location="cpu", weights_only=True)
         # a file saved before the layer gate or an evidence was fitted without them: refitting it
         # must not add them
-        # the evidence of files saved before its onset started at 0: w * (t - 1)
+        # the evidence of files saved before its onset started at 0: w * (t - 1); their layer
+        # distance was the Mahalanobis one
         params = {
             "layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, "evidence_onset": 0.0,
-            **state["params"],
+            "layer_distance": "mahalanobis", **state["params"],
         }  # fmt: skip
         deup = cls(model=model, device=device, **params)
         deup.features_ = [_rebuild(entry) for entry in state["features"]]
@@ -955,16 +968,16 @@ def _knn_feature(features: Sequence[FeatureExtractor]) -> KNNDistance | None:
 
 
 def _fit_layer_distance(
-    cal_outputs: ModelOutputs, train: tuple[ModelOutputs, Tensor]
-) -> tuple[LayerStatistics, Tensor]:
-    """Step 7: the layer statistics' distance, fitted on the training split, and its values on the
-    calibration rows, on which the gate and the evidence are fitted."""
+    layer: FeatureExtractor, cal_outputs: ModelOutputs, train: tuple[ModelOutputs, Tensor]
+) -> tuple[FeatureExtractor, Tensor]:
+    """Step 7: the layer statistics' distance ``layer``, fitted on the training split, and its
+    values on the calibration rows, on which the gate and the evidence are fitted."""
     if train[0].layer_stats is None:
         raise ValueError(
             "The calibration outputs carry layer statistics but the training outputs do not. Collect "
             "both with the same `layers`, or set `layer_weight=0` and `layer_gate=False`."
         )
-    layer = LayerStatistics().fit(*train)
+    layer.fit(*train)
     return layer, layer(cal_outputs)[:, 0]
 
 

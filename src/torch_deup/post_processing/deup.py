@@ -41,10 +41,14 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    safe; the gate ranks them as likely OOD.
 7. With outputs that carry intermediate feature-map statistics (``ModelOutputs.layer_stats``,
    recorded for a model with ``nn.Sequential`` stages whenever this step is on, as it is by
-   default; :attr:`needs_layer_stats` says so), the distance of those statistics
-   from the training split's (:class:`~torch_deup.features.layers.LayerStatistics`) sees noise,
+   default; :attr:`needs_layer_stats` says so), how far those statistics lie outside the
+   training split's range (``layer_distance="range"``,
+   :class:`~torch_deup.features.layers.LayerRange`; ``"mahalanobis"``,
+   :class:`~torch_deup.features.layers.LayerStatistics`, their Mahalanobis distance) sees noise,
    colour or texture unlike the training images, which the penultimate embedding can miss, and
-   hardly depends on whether the model is right. Its tail evidence among the calibration rows,
+   hardly depends on whether the model is right. The range distance is exactly 0 for most
+   in-distribution inputs, so its evidence leaves their ranking alone, where the Mahalanobis
+   distance spreads them all over its tail. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
    multiplies the score from an onset ``t0 >= 1`` (``evidence_onset``) on:
    ``score * exp(layer_weight * max(t - t0, 0))``, capped at float32's largest value (``t``
@@ -54,14 +58,15 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    evidence enters smoothly: as it is about independent of the errors, a small weight changes the
    misclassification ranking only to second order while OOD inputs gain to first order, where a
    hard gate lifts a few inputs all the way. The onset keeps it off the bulk of in-distribution
-   inputs, where it is noise on the ranking of the model's errors: with ``t0 = 1.5``, it reaches
-   only the share ``exp(-1.5)``, 22%, of the calibration rows with the most unusual statistics.
+   inputs, where it is noise on the ranking of the model's errors: with ``t0 = 2``, it reaches
+   only the share ``exp(-2)``, 14%, of the calibration rows with the most unusual statistics.
    The KNN distance of ``g``'s own column (for a classifier with training outputs) adds its
    evidence the same way, ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g``
    reads that column anyway):
    an input of a class the model never saw has ordinary low-level statistics but lies far from
    the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
-   ``layer_weight=1, knn_weight=0.5, evidence_onset=1.5``, were chosen on the proxy of
+   ``layer_distance="range", layer_weight=1.25, knn_weight=0.5, evidence_onset=2``, were chosen
+   on the proxy of
    ``benchmarks/select_deup.py`` (tables and rule in :mod:`~torch_deup.post_processing.ood_gate`).
    ``layer_gate=True`` adds a range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`)
    on the same distance instead or as well: it lifts inputs beyond all but a share ``layer_tail``

@@ -251,6 +251,46 @@ embeddings, as most in-distribution inputs with unusual low-level statistics hav
 over the same grid and ``c`` in 0.5, 1, 2, its best eligible cell (``c = 0.5, layer_weight=1.25,
 knn_weight=0.5, t0 = 1.5``) has a smallest margin of -0.19 against the plain form's -0.26, within
 the proxy's noise.
+
+The same session then scored other layer distances in DEUP's evidence, on draws 0-2 (scratch
+script; each with the grid above and the bars of all baselines, the distance alone among them):
+the Mahalanobis distance (smallest margin -0.26); how far the 96 statistics lie beyond the
+training rows' ``[q, 1 - q]`` quantiles, in standard deviations, summed per stage (``q = 0.001``:
++0.36; ``q = 0``, the minimum and maximum: -1.96); the same range distance of the channel Gram
+matrices of ``layer1`` and ``layer2`` (-0.95 and, with ``q = 0.001``, -0.30), and of the predicted
+class's Gram range (+0.33); and the statistics with the Gram entries (-0.25). A range distance is
+exactly 0 for most in-distribution inputs, so its evidence does not reorder them. That scan
+picked among seven distances, so the choice was made on draws it had not seen: the single model's
+draws 3-5 and the ensemble's draws 0-2, for the range distance of the statistics
+(:class:`~torch_deup.features.layers.LayerRange`, one sum over all of them) with ``q`` in 0.0005,
+0.001, 0.002, 0.005, and the Mahalanobis distance, over ``t0`` in 0, 1.5, 2, 2.5, 3,
+``layer_weight`` in 0.75, 1, 1.25, 1.5, 2, 3 and ``knn_weight`` 0.25 and 0.5. For each ``q`` the
+baselines held ``LayerRange(q)`` alone, as the library's criteria would; eligibility and the
+shared choice as before (scratch script; smallest margin over both proxies):
+
+========================  =====================================  ===============
+layer distance            best eligible cell (weight, knn, t0)  smallest margin
+========================  =====================================  ===============
+Mahalanobis               1, 0.5, 1.5                            -0.44
+range, ``q = 0.0005``     1.25, 0.5, 2                           -0.07
+range, ``q = 0.001``      1, 0.5, 1.5                            +0.11
+**range, q = 0.002**      **1.25, 0.5, 2**                       **+0.12**
+range, ``q = 0.005``      1, 0.25, 1.5                           -0.11
+========================  =====================================  ===============
+
+The default became ``layer_distance="range"`` (``q = 0.002``), ``layer_weight=1.25``,
+``knn_weight=0.5``, ``t0 = 2``: the first configuration whose proxy margins are all positive.
+``q = 0.001`` at the previous weights is a tie within the noise. ``select_deup.py '{}'
+'{"layer_distance": "mahalanobis", "layer_weight": 1.0, "evidence_onset": 1.5}' --draws 6``
+(draws 0-5) records it: the default reads misclassification AUROC 90.45, held-out 97.93, SCOD sum
+44.830, far 94.99, shifted 72.37, smallest margin +0.12; the ninth session's default 90.32,
+97.86, 44.850, 95.35, 71.60, -0.65 (its shifted bar now includes the range distance alone, 99.4
+on blur of 1.5 pixels). On the ensemble's proxy (``--checkpoint A B``, draws 0-2) the default
+reads 90.54, 97.92, 44.438, 95.59, 73.04, smallest margin +0.21; the previous one 90.45, 97.74,
+44.483, 95.71, 72.04, -0.61; ``select_deup.py --combine`` on the two saved records chooses the
+default. The class-conditional Gram range was not carried on: it needs the Gram
+matrices recorded in the model's forward, a change to :class:`~torch_deup.outputs.OutputCapture`
+left for later.
 """
 
 from __future__ import annotations

@@ -260,8 +260,9 @@ training rows' ``[q, 1 - q]`` quantiles, in standard deviations, summed per stag
 matrices of ``layer1`` and ``layer2`` (-0.95 and, with ``q = 0.001``, -0.30), and of the predicted
 class's Gram range (+0.33); and the statistics with the Gram entries (-0.25). A range distance is
 exactly 0 for most in-distribution inputs, so its evidence does not reorder them. That scan
-picked among seven distances, so the choice was made on draws it had not seen: the single model's
-draws 3-5 and the ensemble's draws 0-2, for the range distance of the statistics
+picked among seven distances, so the choice was made on the single model's draws 3-5, which it
+had not seen, and the ensemble's draws 0-2 (the same held-out pairs and halves as the scan's, on
+the ensemble's outputs), for the range distance of the statistics
 (:class:`~torch_deup.features.layers.LayerRange`, one sum over all of them) with ``q`` in 0.0005,
 0.001, 0.002, 0.005, and the Mahalanobis distance, over ``t0`` in 0, 1.5, 2, 2.5, 3,
 ``layer_weight`` in 0.75, 1, 1.25, 1.5, 2, 3 and ``knn_weight`` 0.25 and 0.5. For each ``q`` the
@@ -279,7 +280,7 @@ range, ``q = 0.005``      1, 0.25, 1.5                           -0.11
 ========================  =====================================  ===============
 
 The default became ``layer_distance="range"`` (``q = 0.002``), ``layer_weight=1.25``,
-``knn_weight=0.5``, ``t0 = 2``: the first configuration whose proxy margins are all positive.
+``knn_weight=0.5``, ``t0 = 2``, whose proxy margins are all positive over both proxies.
 ``q = 0.001`` at the previous weights is a tie within the noise. ``select_deup.py '{}'
 '{"layer_distance": "mahalanobis", "layer_weight": 1.0, "evidence_onset": 1.5}' --draws 6``
 (draws 0-5) records it: the default reads misclassification AUROC 90.45, held-out 97.93, SCOD sum

@@ -109,3 +109,21 @@ def test_range_distance_bad_input_is_named():
         LayerRange().fit(outputs(correlated(50, 0)), None)(outputs(torch.zeros(2, 4)))
     with pytest.raises(NotFittedError):
         LayerRange()(outputs(torch.zeros(2, 5)))
+
+
+def test_range_distance_fits_on_outputs_with_a_graph_and_a_constant_statistic_ignores_rounding():
+    train = correlated(200, 0).requires_grad_()  # outputs captured outside no_grad
+    layer = LayerRange().fit(outputs(train), None)
+    assert not layer.low_.requires_grad
+    constant = torch.cat([correlated(200, 0), torch.full((200, 1), 0.1)], 1)
+    layer = LayerRange(0.0).fit(outputs(constant), None)
+    inside = constant[:1].clone()
+    rounding, departure = inside.clone(), inside.clone()
+    rounding[0, -1] = torch.nextafter(torch.tensor(0.1), torch.tensor(1.0))  # one float32 step
+    departure[0, -1] = 0.2
+    distances = layer(outputs(torch.cat([inside, rounding, departure])))[:, 0]
+    assert distances[0] == 0
+    assert distances[1] < 0.1  # 1e-6 of the statistic's size is the floor of its scale
+    assert distances[2] > 1e3  # a real departure from a constant still counts as far
+    with pytest.raises(ValueError, match="`quantile`"):
+        LayerRange(False)

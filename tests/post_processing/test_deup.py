@@ -442,17 +442,28 @@ def test_a_conv_net_without_stages_is_warned_about_missing_layer_evidence_and_an
     flat_conv = nn.Sequential(  # convolutions, but no nn.Sequential stage for layers="auto"
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
     ).eval()
+    patches = nn.Sequential(  # a patch embedding, as a vision transformer's: no feature maps
+        nn.Conv2d(1, 4, 5, stride=5), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
     g = torch.Generator().manual_seed(0)
     images = torch.randn(240, 1, 5, 5, generator=g)
     cal = DataLoader(TensorDataset(images[:90], torch.arange(90) % 3), batch_size=32)
     train = DataLoader(TensorDataset(images[90:], torch.arange(150) % 3), batch_size=32)
     kwargs = {"max_epochs": 2, "progress": False, "held_out_classes": 0}
-    with pytest.warns(UserWarning, match=r"without its layer evidence.*Name the blocks"):
+    with pytest.warns(UserWarning, match=r"without its layer evidence.*has none\. Name the blocks") as caught:
         assert DEUP(model=flat_conv, **kwargs).fit(cal, train).layer_ is None
+    assert caught[0].filename == __file__  # pointed at the caller's line, not the library's
+    # a model with stages, fitted on outputs collected without their statistics
+    staged = conv_net()
+    cal_out, cal_y = collect_outputs(staged, cal, progress=False, layers=None)
+    train_out, train_y = collect_outputs(staged, train, progress=False, layers=None)
+    with pytest.warns(UserWarning, match="collected without them. Collect them with the same `layers`"):
+        DEUP(model=staged, **kwargs).fit_outputs(cal_out, cal_y, train_out, train_y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert DEUP(model=flat_conv, layers=["1"], **kwargs).fit(cal, train).layer_ is not None
         assert DEUP(model=flat_conv, layers=None, **kwargs).fit(cal, train).layer_ is None
+        assert DEUP(model=patches, **kwargs).fit(cal, train).layer_ is None
         DEUP(model=mlp(), **FAST).fit(loader(), loader())
 
 

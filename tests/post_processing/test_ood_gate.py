@@ -288,6 +288,8 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
     deup = DEUP(model=model, layer_gate=layer_gate, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
     deup.save(tmp_path / "deup.pt")
     reloaded = DEUP.load(tmp_path / "deup.pt", model=model)
+    assert isinstance(reloaded.layer_, LayerRange)
+    assert reloaded.layer_distance == "range"
     x = torch.randn(30, 1, 5, 5) * 3
     assert torch.equal(deup(x), reloaded(x))
     outputs = deup.model_outputs(x)
@@ -303,6 +305,8 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
     with pytest.raises(ValueError, match=r"`layer_distance` in \('range', 'mahalanobis'\)"):
         DEUP(layer_distance="gram").fit_outputs(cal, torch.arange(30) % 3)
+    with pytest.raises(ValueError, match="`layer_distance`"):
+        DEUP(layer_distance=["range"]).fit_outputs(cal, torch.arange(30) % 3)
     for weight in (-0.5, float("nan"), float("inf"), True, "0.5"):
         for name in ("layer_weight", "knn_weight", "evidence_onset"):
             with pytest.raises(ValueError, match=name):

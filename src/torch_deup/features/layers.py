@@ -43,6 +43,23 @@ def require_layer_stats(outputs: ModelOutputs, estimator: object) -> Tensor:
     return outputs.layer_stats
 
 
+def training_layer_stats(outputs: ModelOutputs, estimator: object) -> Tensor:
+    """The training rows' layer statistics in float64, detached, after checking there are at least
+    2 and all finite."""
+    stats = require_layer_stats(outputs, estimator).detach().double()
+    check_finite(stats, "layer statistics")
+    if len(stats) < 2:
+        raise ValueError(f"{type(estimator).__name__} needs at least 2 training rows, but got {len(stats)}.")
+    return stats
+
+
+def query_layer_stats(outputs: ModelOutputs, estimator: object, dim: int) -> Tensor:
+    """An input's layer statistics in float64, after checking their width against the fit's."""
+    stats = require_layer_stats(outputs, estimator).double()
+    check_dimension(stats, dim, estimator, "layer statistics")
+    return stats
+
+
 class LayerStatistics(FeatureExtractor):
     """Squared Mahalanobis distance of an input's layer statistics to those of the training split.
 
@@ -65,10 +82,7 @@ class LayerStatistics(FeatureExtractor):
     ood_direction = 1
 
     def fit(self, outputs: ModelOutputs, targets: Tensor) -> LayerStatistics:
-        stats = require_layer_stats(outputs, self).double()
-        check_finite(stats, "layer statistics")
-        if len(stats) < 2:
-            raise ValueError(f"LayerStatistics needs at least 2 training rows, but got {len(stats)}.")
+        stats = training_layer_stats(outputs, self)
         self.mean_ = stats.mean(0)
         centred = stats - self.mean_
         self.cholesky_, self.jitter_ = cholesky_with_jitter(centred.T @ centred / (len(stats) - 1))
@@ -76,8 +90,7 @@ class LayerStatistics(FeatureExtractor):
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "mean_")
-        stats = require_layer_stats(outputs, self).double()
-        check_dimension(stats, len(self.mean_), self, "layer statistics")
+        stats = query_layer_stats(outputs, self, len(self.mean_))
         return squared_mahalanobis(stats, self.mean_, self.cholesky_)[:, None].float()
 
     @property
@@ -119,26 +132,23 @@ class LayerRange(FeatureExtractor):
     ood_direction = 1
 
     def __init__(self, quantile: float = 0.002) -> None:
-        if not 0.0 <= quantile < 0.5:
+        if isinstance(quantile, bool) or not isinstance(quantile, int | float) or not 0.0 <= quantile < 0.5:
             raise ValueError(f"Expected `quantile` in [0, 0.5), but got {quantile!r}.")
         self.quantile = quantile
 
     def fit(self, outputs: ModelOutputs, targets: Tensor | None) -> LayerRange:
-        stats = require_layer_stats(outputs, self).double()
-        check_finite(stats, "layer statistics")
-        if len(stats) < 2:
-            raise ValueError(f"LayerRange needs at least 2 training rows, but got {len(stats)}.")
+        stats = training_layer_stats(outputs, self)
         # numpy's: torch.quantile refuses inputs of more than 2**24 values
-        low, high = np.quantile(stats.numpy(), [self.quantile, 1.0 - self.quantile], axis=0)
-        self.low_, self.high_ = torch.from_numpy(low), torch.from_numpy(high)
-        # a constant statistic has no spread to measure in: any departure from it counts as far
-        self.scale_ = stats.std(0).clamp_min(1e-12)
+        low, high = np.quantile(stats.cpu().numpy(), [self.quantile, 1.0 - self.quantile], axis=0)
+        self.low_, self.high_ = (torch.from_numpy(bound).to(stats.device) for bound in (low, high))
+        # a constant statistic has no spread of its own: a floor relative to its size keeps float
+        # rounding (a last-bit difference between devices) from counting as a far departure
+        self.scale_ = torch.maximum(stats.std(0), 1e-6 * stats.abs().mean(0)).clamp_min(1e-12)
         return self
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "low_")
-        stats = require_layer_stats(outputs, self).double()
-        check_dimension(stats, len(self.low_), self, "layer statistics")
+        stats = query_layer_stats(outputs, self, len(self.low_))
         beyond = torch.relu(self.low_ - stats) + torch.relu(stats - self.high_)
         return (beyond / self.scale_).sum(1, keepdim=True).float()
 

@@ -1,5 +1,5 @@
 """OOD criteria fitted on the training outputs: Mahalanobis, k-NN distance, GDA density, ViM on the
-embedding; the Mahalanobis distance of intermediate feature-map statistics.
+embedding; the Mahalanobis and the range distance of intermediate feature-map statistics.
 
 Each wraps one feature extractor of :mod:`torch_deup.features`, so the math lives in one place.
 """

@@ -49,7 +49,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    hardly depends on whether the model is right. The range distance is exactly 0 for most
    in-distribution inputs, so its evidence leaves their ranking alone, where the Mahalanobis
    distance spreads them all over its tail. Its tail evidence among the calibration rows,
-   ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`, mean 1 on them),
+   ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`; mean 1 on them for
+   a continuous distance, and 0 on the range distance's rows at 0, about 83% of CIFAR-10's),
    multiplies the score from an onset ``t0 >= 1`` (``evidence_onset``) on:
    ``score * exp(layer_weight * max(t - t0, 0))``, capped at float32's largest value (``t``
    grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
@@ -92,6 +93,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -113,7 +115,7 @@ from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionOutputs
 from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
-from torch_deup.outputs import ModelOutputs, class_probabilities, collect_outputs
+from torch_deup.outputs import ModelOutputs, auto_layers, class_probabilities, collect_outputs
 from torch_deup.post_processing.base import PostProcessing
 from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
 from torch_deup.post_processing.ood_gate import OODGate, RangeGate, TailEvidence
@@ -436,7 +438,7 @@ class DEUP(PostProcessing):
             raise ValueError(f"Expected `task` in {TASKS}, but got {self.task!r}.")
         if self.target not in TARGETS:
             raise ValueError(f"Expected `target` in {TARGETS}, but got {self.target!r}.")
-        if self.layer_distance not in LAYER_DISTANCES:
+        if not isinstance(self.layer_distance, str) or self.layer_distance not in LAYER_DISTANCES:
             raise ValueError(
                 f"Expected `layer_distance` in {tuple(LAYER_DISTANCES)}, but got {self.layer_distance!r}."
             )
@@ -668,20 +670,29 @@ class DEUP(PostProcessing):
             self.g_ = self._cross_fit(make_g, self.scaler_(x), _log_target(errors), strata, weight)
 
     def _warn_no_layer_evidence(self) -> None:
-        """Warn when a convolutional model fits without step 7's layer evidence: its outputs carry
-        no feature-map statistics, so its OOD score loses the low-level view (an MLP, which has no
-        feature maps, fits silently)."""
+        """Warn when a convolutional model fits without step 7's layer evidence: its calibration
+        outputs carry no feature-map statistics, so its OOD score loses the low-level view. An MLP
+        and a vision transformer (whose only convolution cuts the image into patches) have no
+        feature maps to read and fit silently."""
         if self.model is None or self.layers is None:  # no model to tell by, or asked for none
             return
-        if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in self.model.modules()):
-            warnings.warn(
-                "DEUP fits without its layer evidence: the model has convolutions, but the outputs "
-                "carry no feature-map statistics (`layers='auto'` records a model's direct "
-                "nn.Sequential children with image feature maps, and found none). Name the blocks to "
-                "record in `layers=` (of DEUP or ClassificationRoutine; see torch_deup.outputs."
-                "auto_layers), or pass `layers=None` to fit without them and silence this warning.",
-                stacklevel=2,
-            )
+        if not any(_slides(m) for m in self.model.modules()):
+            return
+        found_none = self.layers == "auto" and not any(auto_layers(self.model))
+        cause = (
+            "`layers='auto'` records a model's direct nn.Sequential children with image feature "
+            "maps, and this model has none. Name the blocks to record in `layers=` (of DEUP or "
+            "ClassificationRoutine; see torch_deup.outputs.auto_layers)"
+            if found_none
+            else "the calibration outputs were collected without them. Collect them with the "
+            "same `layers` as DEUP's (collect_outputs(..., layers=...), OutputCapture)"
+        )
+        warnings.warn(
+            "DEUP fits without its layer evidence: the model has convolutions, but its calibration "
+            f"outputs carry no feature-map statistics: {cause}, or pass `layers=None` to fit "
+            "without them and silence this warning.",
+            stacklevel=_caller_stacklevel(),
+        )
 
     def _extra_rows_and_gate(
         self,
@@ -965,6 +976,23 @@ def _column_of(
     (or ``None``)."""
     starts = torch.tensor([0, *widths]).cumsum(0).tolist()
     return next((start for f, start in zip(features, starts, strict=False) if f is extractor), None)
+
+
+def _slides(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution that slides over overlapping windows, so that its
+    output is a feature map: a patch embedding (stride equal to its kernel) is not counted."""
+    if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return False
+    return tuple(module.stride) != tuple(module.kernel_size) or set(module.kernel_size) == {1}
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _knn_feature(features: Sequence[FeatureExtractor]) -> KNNDistance | None:

@@ -335,7 +335,8 @@ class TailEvidence(_Gate):
     ``p = (1 + #{s_cal >= s}) / (n + 1)`` is the conformal p-value of ``s`` among the ``n``
     calibration scores; beyond the largest of them ``t`` grows on linearly, by one per calibration
     standard deviation, so that it keeps ranking inputs however far out they lie. On calibration
-    rows ``t`` is about exponentially distributed with mean 1.
+    rows of a continuous score ``t`` is about exponentially distributed with mean 1; rows tied at
+    the lowest score (the zeros of a range distance) get ``t = 0``.
 
     Example:
         >>> evidence = TailEvidence().fit(torch.tensor([0.0, 1.0, 2.0, 3.0]))

@@ -67,8 +67,8 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    an input of a class the model never saw has ordinary low-level statistics but lies far from
    the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
    ``layer_distance="range", layer_weight=1.25, knn_weight=0.5, evidence_onset=2``, were chosen
-   on the proxy of
-   ``benchmarks/select_deup.py`` (tables and rule in :mod:`~torch_deup.post_processing.ood_gate`).
+   on the proxy of ``benchmarks/select_deup.py`` (tables and rule in
+   :mod:`~torch_deup.post_processing.ood_gate`).
    ``layer_gate=True`` adds a range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`)
    on the same distance instead or as well: it lifts inputs beyond all but a share ``layer_tail``
    of the calibration rows. The gates combine as independent evidence,
@@ -635,12 +635,14 @@ class DEUP(PostProcessing):
                 features, widths, x, cal_outputs, cal_targets, cost, train
             )
         layer, layer_gate, layer_evidence = None, None, None
-        if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is None:
-            self._warn_no_layer_evidence()
-        if cost is not None and self._asks_layer_distance and cal_outputs.layer_stats is not None:
-            layer, distances = _fit_layer_distance(LAYER_DISTANCES[self.layer_distance](), cal_outputs, train)
-            layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
-            layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None
+        if cost is not None and self._asks_layer_distance:
+            if cal_outputs.layer_stats is None:
+                self._warn_no_layer_evidence()
+            else:
+                layer = LAYER_DISTANCES[self.layer_distance]()
+                layer, distances = _fit_layer_distance(layer, cal_outputs, train)
+                layer_gate = RangeGate(self.layer_tail).fit(distances) if self.layer_gate else None
+                layer_evidence = TailEvidence().fit(distances) if self.layer_weight > 0 else None
         knn_column, knn_evidence = None, None
         if cost is not None and self.knn_weight > 0:
             knn_column = _column_of(features, widths, _knn_feature(features))

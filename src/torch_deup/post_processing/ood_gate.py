@@ -267,7 +267,10 @@ the ensemble's outputs), for the range distance of the statistics
 0.001, 0.002, 0.005, and the Mahalanobis distance, over ``t0`` in 0, 1.5, 2, 2.5, 3,
 ``layer_weight`` in 0.75, 1, 1.25, 1.5, 2, 3 and ``knn_weight`` 0.25 and 0.5. For each ``q`` the
 baselines held ``LayerRange(q)`` alone, as the library's criteria would; eligibility and the
-shared choice as before (scratch script; smallest margin over both proxies):
+shared choice as before (smallest margin over both proxies; a scratch script chose it, and
+``benchmarks/scan_layer_distance.py --draws 3 4 5 --save A``, the same with ``--checkpoint`` of
+the ensemble and ``--draws 0 1 2 --save B``, then ``--combine A B``, written after the choice,
+reproduces every row):
 
 ========================  =====================================  ===============
 layer distance            best eligible cell (weight, knn, t0)  smallest margin

@@ -152,12 +152,11 @@ def print_combined(paths: list[str]) -> None:
             print(f"{name:<14} no cell eligible on every scan")
             continue
         smallest = {c: min(min(result[c].values()) for result, _ in per_scan) for c in shared}
-        best[name] = max(shared, key=smallest.get)
-        print(f"{name:<14} {best[name]:<28} smallest margin over the scans {smallest[best[name]]:+.2f}")
-        best[name] = (best[name], smallest[best[name]])
+        cell = max(shared, key=smallest.get)
+        best[cell] = smallest[cell]
+        print(f"{name:<14} {cell:<28} smallest margin over the scans {smallest[cell]:+.2f}")
     if best:
-        name = max(best, key=lambda n: best[n][1])
-        print(f"chosen: {best[name][0]}")
+        print(f"chosen: {max(best, key=best.get)}")
 
 
 def main() -> None:

@@ -26,11 +26,10 @@ import itertools
 import torch
 from torch import Tensor
 
-from ood_cifar10_svhn import CACHE_VERSION, cached_sets, checkpoints_sha256
-from select_deup import margins, proxy_metrics, proxy_tasks, synthetic_outputs
+from ood_cifar10_svhn import cached_sets
+from select_deup import baseline_metrics, load_cache, margins, proxy_metrics, proxy_tasks, synthetic_outputs
 from torch_deup.features.base import FeatureExtractor, feature_matrix
 from torch_deup.features.layers import LayerRange, LayerStatistics
-from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs
 from torch_deup.post_processing import DEUP
 from torch_deup.post_processing.ood_gate import TailEvidence
@@ -66,15 +65,7 @@ def scan_draw(
 ):
     """Every baseline's and every cell's proxy metrics on one draw."""
     _, near, full = proxy_tasks(sets, draw)
-    rows = {}
-    for name in baselines:
-        fitted = []
-        for task in (near, full):
-            criterion = get_criterion(name)
-            if criterion.needs_fit:
-                criterion.fit(*task["train"])
-            fitted.append(criterion)
-        rows[name] = proxy_metrics(*fitted, near, full, far)
+    rows = {name: baseline_metrics(name, near, full, far) for name in baselines}
     # per task: the components of each scored set of outputs, by its identity
     tables = []
     for task in (near, full):
@@ -175,13 +166,8 @@ def main() -> None:
         print_combined(args.combine)
         return
     ensemble = len(args.checkpoint) > 1
-    path = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
-    saved = torch.load(path, weights_only=True)
-    if saved.get("version") != CACHE_VERSION or saved.get("checkpoint_sha256") != checkpoints_sha256(
-        args.checkpoint
-    ):
-        raise SystemExit(f"{path} is not ood_cifar10_svhn.py's cache for {args.checkpoint}: run it first.")
+    saved = load_cache(args.outputs, args.checkpoint)
     sets = cached_sets(saved)
     halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in args.draws]
     corrupted = synthetic_outputs(args.data, args.checkpoint, sets["val"][0], halves, saved["setup"])

@@ -182,6 +182,33 @@ def synthetic_outputs(
     return draws
 
 
+def load_cache(path: str | None, checkpoints: list[str]) -> dict:
+    """The outputs ``ood_cifar10_svhn.py`` cached for ``checkpoints`` (at ``path``, or where it
+    writes them), after checking its version and checkpoints."""
+    ensemble = len(checkpoints) > 1
+    path = path or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
+    saved = torch.load(path, weights_only=True)
+    if saved.get("version") != CACHE_VERSION:
+        raise SystemExit(f"{path} was written by an older ood_cifar10_svhn.py: run it again to refresh it.")
+    if saved.get("checkpoint_sha256") != checkpoints_sha256(checkpoints):
+        raise SystemExit(
+            f"{path} holds the outputs of other checkpoints than {checkpoints}: run "
+            "ood_cifar10_svhn.py with these checkpoints, or pass the --outputs it wrote for them."
+        )
+    return saved
+
+
+def baseline_metrics(name: str, near: dict, full: dict, far: dict[str, ModelOutputs]) -> Tensor:
+    """:func:`proxy_metrics` of the criterion ``name``, fitted on each task's training outputs."""
+    fitted = []
+    for task in (near, full):
+        criterion = get_criterion(name)
+        if criterion.needs_fit:
+            criterion.fit(*task["train"])
+        fitted.append(criterion)
+    return proxy_metrics(*fitted, near, full, far)
+
+
 def scod(s_id: Tensor, wrong: Tensor, s_ood: Tensor) -> tuple[float, float]:
     """OOD AUROC and SCOD_AUGRC of ID scores (with their errors) against OOD scores."""
     is_ood = torch.cat([torch.zeros(len(s_id)), torch.ones(len(s_ood))])
@@ -227,18 +254,8 @@ def main() -> None:
         print_shared_choice(args.combine)
         return
     ensemble = len(args.checkpoint) > 1
-    outputs = args.outputs or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
     torch.set_num_threads(1)
-    saved = torch.load(outputs, weights_only=True)
-    if saved.get("version") != CACHE_VERSION:
-        raise SystemExit(
-            f"{outputs} was written by an older ood_cifar10_svhn.py: run it again to refresh it."
-        )
-    if saved.get("checkpoint_sha256") != checkpoints_sha256(args.checkpoint):
-        raise SystemExit(
-            f"{outputs} holds the outputs of other checkpoints than {args.checkpoint}: run "
-            "ood_cifar10_svhn.py with these checkpoints, or pass the --outputs it wrote for them."
-        )
+    saved = load_cache(args.outputs, args.checkpoint)
     sets = cached_sets(saved)
     # the synthetic images go through the model as its cached outputs did
     tasks = [proxy_tasks(sets, draw) for draw in range(args.draws)]
@@ -261,13 +278,7 @@ def main() -> None:
         far = corrupted[draw]
         print(f"draw {draw}: held-out classes {held.tolist()}", flush=True)
         for name in baselines:
-            fitted = []
-            for task in (near, full):
-                criterion = get_criterion(name)
-                if criterion.needs_fit:
-                    criterion.fit(*task["train"])
-                fitted.append(criterion)
-            results[name].append(proxy_metrics(*fitted, near, full, far))
+            results[name].append(baseline_metrics(name, near, full, far))
         for config, name in zip(args.configs, names[len(baselines) :], strict=True):
             start = time.perf_counter()
             kwargs = {"seed": draw, **json.loads(config)}

@@ -62,7 +62,10 @@ NORMALIZATION = {
     "cifar10": {},  # the data module's default, CIFAR-10's own statistics
     "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
 }
-BASELINES = ["msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats", "layer_range"]
+BASELINES = [
+    "msp", "logit", "energy", "entropy", "mahalanobis", "knn", "gda", "layer_stats", "layer_range",
+    "layer_class_range",
+]  # fmt: skip
 
 
 def load_model(checkpoints: list[str]) -> torch.nn.Module:

@@ -1,15 +1,19 @@
 """Scan DEUP's layer distance and evidence weights on the proxy of ``select_deup.py``, from one ``g``.
 
-    python benchmarks/scan_layer_distance.py --draws 3 4 5 --save results/scan_single.pt
+    python benchmarks/scan_layer_distance.py --draws 6 7 8 --save results/scan_single11.pt
     python benchmarks/scan_layer_distance.py --checkpoint checkpoints/resnet20_cifar10.pt \\
-        checkpoints/resnet20_cifar10_seed1.pt --draws 0 1 2 --save results/scan_ensemble.pt
-    python benchmarks/scan_layer_distance.py --combine results/scan_single.pt results/scan_ensemble.pt
+        checkpoints/resnet20_cifar10_seed1.pt --draws 3 4 5 --save results/scan_ensemble11.pt
+    python benchmarks/scan_layer_distance.py --combine results/scan_single11.pt results/scan_ensemble11.pt
 
-The tenth session's choice of ``DEUP(layer_distance="range")`` and of its weights, as a script. Each
-draw fits DEUP once per proxy task (``select_deup.proxy_tasks``); the layer distance and the
-evidence weights do not change ``g``, so every cell of the grid (a layer distance: the Mahalanobis
-one or :class:`~torch_deup.features.layers.LayerRange` with each ``--quantiles``; ``layer_weight``,
-``knn_weight`` and ``evidence_onset``) is scored from the same ``g`` and KNN column by
+The eleventh session's choice of ``DEUP(layer_distance="class_range")`` and of its weights, as a
+script, on draws no earlier scan had seen. The tenth session's choice of ``"range"`` is the same
+commands with ``--draws 3 4 5`` and ``--draws 0 1 2``, ``--quantiles 0.0005 0.001 0.002 0.005`` and
+an empty ``--class-quantiles``. Each draw fits DEUP once per proxy task
+(``select_deup.proxy_tasks``); the layer distance and the evidence weights do not change ``g``, so
+every cell of the grid (a layer distance: the Mahalanobis one,
+:class:`~torch_deup.features.layers.LayerRange` with each ``--quantiles``, or its class-conditional
+form with each ``--class-quantiles``; ``layer_weight``, ``knn_weight`` and ``evidence_onset``) is
+scored from the same ``g`` and KNN column by
 :func:`log_score`, the log of DEUP's score (no gates, DEUP's default). The metrics are
 ``select_deup.proxy_metrics``'. For each distance, the selection rule (``select_deup.margins``)
 reads its cells with that distance alone among the baselines, as the library's criteria would
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -51,17 +57,24 @@ def log_score(
     )
 
 
-def distances(quantiles: list[float]) -> dict[str, type[FeatureExtractor] | float]:
-    """The layer distances scanned, by name: the Mahalanobis one and one range per quantile."""
-    return {"mahalanobis": LayerStatistics} | {f"range{q:g}": q for q in quantiles}
-
-
-def make_distance(spec: type[FeatureExtractor] | float) -> FeatureExtractor:
-    return spec() if isinstance(spec, type) else LayerRange(spec)
+def distances(
+    quantiles: Iterable[float], class_quantiles: Iterable[float]
+) -> dict[str, Callable[[], FeatureExtractor]]:
+    """The layer distances scanned, by name: the Mahalanobis one, one range per quantile and one
+    class-conditional range per class quantile."""
+    return (
+        {"mahalanobis": LayerStatistics}
+        | {f"range{q:g}": partial(LayerRange, q) for q in quantiles}
+        | {f"cls{q:g}": partial(LayerRange, q, per_class=True) for q in class_quantiles}
+    )
 
 
 def scan_draw(
-    sets: dict, draw: int, far: dict[str, ModelOutputs], quantiles: list[float], baselines: list[str]
+    sets: dict,
+    draw: int,
+    far: dict[str, ModelOutputs],
+    layer_distances: dict[str, Callable[[], FeatureExtractor]],
+    baselines: list[str],
 ):
     """Every baseline's and every cell's proxy metrics on one draw."""
     _, near, full = proxy_tasks(sets, draw)
@@ -70,7 +83,7 @@ def scan_draw(
     tables = []
     for task in (near, full):
         deup = DEUP(progress=False, seed=draw).fit_outputs(*task["fit"], *task["train"])
-        layer = {n: make_distance(s).fit(*task["train"]) for n, s in distances(quantiles).items()}
+        layer = {n: make().fit(*task["train"]) for n, make in layer_distances.items()}
         evidence = {n: TailEvidence().fit(d(task["fit"][0])[:, 0]) for n, d in layer.items()}
         scored = [
             task["id"][0],
@@ -91,7 +104,7 @@ def scan_draw(
                     {n: evidence[n].evidence(v) for n, v in values.items()},
                 )
         tables.append(table)
-    for name in distances(quantiles):
+    for name in layer_distances:
         alone = [lambda o, t=t, name=name: t[id(o)][2][name] for t in tables]
         rows[f"{name} alone"] = proxy_metrics(*alone, near, full, far)
         for weight, knn, onset in itertools.product(LAYER_WEIGHTS, KNN_WEIGHTS, ONSETS):
@@ -105,13 +118,11 @@ def scan_draw(
     return rows
 
 
-def rule_by_distance(
-    means: dict, quantiles: list[float], baselines: list[str]
-) -> dict[str, tuple[dict, list]]:
+def rule_by_distance(means: dict, names: Iterable[str], baselines: list[str]) -> dict[str, tuple[dict, list]]:
     """Per distance: ``select_deup.margins`` of its cells and the Mahalanobis distance's, with it
     alone among the baselines (as the library's criteria hold both distances)."""
     result = {}
-    for name in distances(quantiles):
+    for name in names:
         bases = list(dict.fromkeys([*baselines, "mahalanobis alone", f"{name} alone"]))
         cells = {
             k: v
@@ -133,10 +144,11 @@ def mean_metrics(rows: list[dict[str, Tensor]]) -> dict[str, dict[str, Tensor]]:
 def print_combined(paths: list[str]) -> None:
     """Per distance, the cell eligible on every scan with the widest smallest margin over them."""
     saved = [torch.load(p, weights_only=False) for p in paths]
-    quantiles = saved[0]["quantiles"]
-    rules = [rule_by_distance(mean_metrics(s["rows"]), quantiles, s["baselines"]) for s in saved]
+    # scans saved before the class-conditional distances hold none
+    names = distances(saved[0]["quantiles"], saved[0].get("class_quantiles", []))
+    rules = [rule_by_distance(mean_metrics(s["rows"]), names, s["baselines"]) for s in saved]
     best = {}
-    for name in distances(quantiles):
+    for name in names:
         per_scan = [rule[name] for rule in rules]
         shared = [c for c in per_scan[0][0] if all(c in eligible for _, eligible in per_scan)]
         if not shared:
@@ -153,7 +165,8 @@ def print_combined(paths: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quantiles", type=float, nargs="+", default=[0.0005, 0.001, 0.002, 0.005])
+    parser.add_argument("--quantiles", type=float, nargs="+", default=[0.001, 0.002])
+    parser.add_argument("--class-quantiles", type=float, nargs="*", default=[0.0, 0.002, 0.005, 0.01])
     parser.add_argument("--outputs", default=None, help="the outputs cached by ood_cifar10_svhn.py")
     parser.add_argument("--data", default="../shared/data/cifar10")
     parser.add_argument(
@@ -172,15 +185,24 @@ def main() -> None:
     halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in args.draws]
     corrupted = synthetic_outputs(args.data, args.checkpoint, sets["val"][0], halves, saved["setup"])
     baselines = ["msp", "knn", "gda", "mutual_information" if ensemble else "vim"]
+    names = distances(args.quantiles, args.class_quantiles)
     rows = []
     for draw, far in zip(args.draws, corrupted, strict=True):
-        rows.append(scan_draw(sets, draw, far, args.quantiles, baselines))
+        rows.append(scan_draw(sets, draw, far, names, baselines))
         print(f"draw {draw} scored", flush=True)
-    for name, (result, eligible) in rule_by_distance(mean_metrics(rows), args.quantiles, baselines).items():
+    for name, (result, eligible) in rule_by_distance(mean_metrics(rows), names, baselines).items():
         choice = max(eligible, key=lambda c: min(result[c].values()))
         print(f"{name:<14} {choice:<28} smallest margin {min(result[choice].values()):+.2f}")
     if args.save:
-        torch.save({"rows": rows, "quantiles": args.quantiles, "baselines": baselines}, args.save)
+        torch.save(
+            {
+                "rows": rows,
+                "quantiles": args.quantiles,
+                "class_quantiles": args.class_quantiles,
+                "baselines": baselines,
+            },
+            args.save,
+        )
 
 
 if __name__ == "__main__":

@@ -268,7 +268,7 @@ def main() -> None:
         saved["setup"],
     )
     # ViM needs one linear head; an ensemble has mutual information instead
-    baselines = ["msp", "knn", "gda", "layer_stats", "layer_range"]
+    baselines = ["msp", "knn", "gda", "layer_stats", "layer_range", "layer_class_range"]
     baselines.append("mutual_information" if ensemble else "vim")
     names = baselines + [f"DEUP {c}" for c in args.configs]
     results = {name: [] for name in names}

@@ -16,7 +16,8 @@ from scan_layer_distance import log_score
 
 
 @pytest.mark.parametrize(
-    ("distance", "weight", "knn", "onset"), [("range", 1.25, 0.5, 2.0), ("mahalanobis", 0.75, 0.25, 0.0)]
+    ("distance", "weight", "knn", "onset"),
+    [("class_range", 1.25, 0.5, 2.5), ("range", 1.25, 0.5, 2.0), ("mahalanobis", 0.75, 0.25, 0.0)],
 )
 def test_the_scans_score_is_the_log_of_deups(distance, weight, knn, onset):
     g = torch.Generator().manual_seed(0)

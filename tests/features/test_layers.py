@@ -127,3 +127,95 @@ def test_range_distance_fits_on_outputs_with_a_graph_and_a_constant_statistic_ig
     assert distances[2] > 1e3  # a real departure from a constant still counts as far
     with pytest.raises(ValueError, match="`quantile`"):
         LayerRange(False)
+
+
+def labelled(stats: torch.Tensor, labels: torch.Tensor, num_classes: int = 3) -> ModelOutputs:
+    """Outputs whose predicted class is ``labels`` (a one-hot logit)."""
+    return ModelOutputs(torch.nn.functional.one_hot(labels, num_classes).float(), layer_stats=stats)
+
+
+def class_range_reference(train, labels, query, predicted, q):
+    """Written out per row: the distance beyond its predicted class's quantiles, in every row's stds."""
+    std = train.std(0, ddof=1)
+    rows = []
+    for x, c in zip(query, predicted, strict=True):
+        own = train[labels == c]
+        low, high = np.quantile(own, q, axis=0), np.quantile(own, 1 - q, axis=0)
+        rows.append((np.maximum(low - x, 0) / std + np.maximum(x - high, 0) / std).sum())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("quantile", [0.0, 0.05])
+def test_class_range_reads_the_range_of_the_predicted_class(quantile):
+    # the classes' statistics sit apart, so a row of one class is far outside another's range
+    labels = torch.arange(300) % 3
+    train = correlated(300, 0) + 4.0 * labels[:, None]
+    query, predicted = correlated(30, 1) * 1.5 + 4.0, torch.arange(30) % 3
+    layer = LayerRange(quantile, per_class=True).fit(labelled(train, labels), labels)
+    expected = class_range_reference(
+        train.double().numpy(), labels.numpy(), query.double().numpy(), predicted.numpy(), quantile
+    )
+    got = layer(labelled(query, predicted))[:, 0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # the same rows read against the range of all classes score otherwise
+    everyone = LayerRange(quantile).fit(labelled(train, labels), None)(labelled(query, predicted))[:, 0]
+    assert not np.allclose(everyone.numpy(), expected)
+    assert (expected > 0).any()
+    assert (expected == 0).any()
+
+
+def test_class_range_is_zero_on_training_rows_predicted_as_their_class_and_falls_back_without_rows():
+    labels = torch.cat([torch.arange(298) % 2, torch.tensor([2, 2])])  # class 2: two rows
+    train = correlated(300, 0) + 4.0 * labels[:, None]
+    layer = LayerRange(0.0, per_class=True).fit(labelled(train, labels), labels)
+    assert torch.equal(layer(labelled(train, labels))[:, 0], torch.zeros(300))
+    # a class with fewer than 2 training rows reads every row's range
+    one = torch.cat([torch.arange(299) % 2, torch.tensor([2])])
+    fallback = LayerRange(0.0, per_class=True).fit(labelled(train, one), one)
+    assert torch.equal(fallback.low_[2], train.double().min(0).values)
+    assert torch.equal(fallback.high_[2], train.double().max(0).values)
+
+
+def test_class_range_of_a_single_logit_model_reads_the_sign_of_its_logit():
+    labels = torch.arange(100) % 2
+    train = correlated(100, 0) + 100.0 * labels[:, None]
+    logit = (2.0 * labels - 1.0)[:, None]
+    layer = LayerRange(0.0, per_class=True).fit(ModelOutputs(logit, layer_stats=train), labels)
+    assert layer.low_.shape == (2, 5)
+    row = train[labels == 1][:1]  # inside class 1's range, outside class 0's
+    scores = layer(ModelOutputs(torch.tensor([[1.0], [-1.0]]), layer_stats=row.repeat(2, 1)))[:, 0]
+    assert scores[0] == 0
+    assert scores[1] > 0
+
+
+def test_class_range_saves_loads_reads_old_saves_and_its_criterion_is_its_column():
+    labels = torch.arange(200) % 3
+    train, query = labelled(correlated(200, 0), labels), labelled(correlated(9, 1) * 2, torch.arange(9) % 3)
+    layer = LayerRange(0.0, per_class=True).fit(train, labels)
+    copy = LayerRange()
+    copy.load_state_dict(layer.state_dict())
+    assert copy.per_class
+    assert torch.equal(copy(query), layer(query))
+    criterion = get_criterion("layer_class_range").fit(train, labels)
+    assert torch.equal(criterion(query), layer(query)[:, 0])
+    # an extractor saved before `per_class` existed has none: it is the range over all classes
+    old = LayerRange(0.01).fit(train, None)
+    state = dict(vars(old))
+    del state["per_class"]
+    rebuilt = LayerRange.__new__(LayerRange)
+    rebuilt.__dict__.update(state)
+    assert torch.equal(rebuilt(query), old(query))
+
+
+def test_class_range_bad_input_is_named():
+    train = labelled(correlated(30, 0), torch.arange(30) % 3)
+    with pytest.raises(ValueError, match="`per_class` to be True or False"):
+        LayerRange(per_class=1)
+    with pytest.raises(ValueError, match="pass `targets` to fit"):
+        LayerRange(per_class=True).fit(train, None)
+    with pytest.raises(ValueError, match="integer class indices"):
+        LayerRange(per_class=True).fit(train, torch.zeros(30))
+    with pytest.raises(ValueError, match=r"shape \(30,\)"):
+        LayerRange(per_class=True).fit(train, torch.zeros(29, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"in \[0, 3\).*\[0, 3\]"):
+        LayerRange(per_class=True).fit(train, torch.arange(30) % 4)

@@ -6,6 +6,7 @@ from torch_deup.ood_criteria import (
     EntropyCriterion,
     GDACriterion,
     KNNCriterion,
+    LayerClassRangeCriterion,
     LayerRangeCriterion,
     LayerStatisticsCriterion,
     MahalanobisCriterion,
@@ -28,6 +29,7 @@ NAMES = {
     "vim": (ViMCriterion, "ViM"),
     "layer_stats": (LayerStatisticsCriterion, "LayerStats"),
     "layer_range": (LayerRangeCriterion, "LayerRange"),
+    "layer_class_range": (LayerClassRangeCriterion, "LayerClassRange"),
     "mutual_information": (MutualInformationCriterion, "MutualInformation"),
 }
 

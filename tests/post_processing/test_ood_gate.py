@@ -201,6 +201,8 @@ def log_evidence(t: torch.Tensor, weight: float, onset: float) -> torch.Tensor:
         (0.0, False, 0.625, 0.25, 0.0, "mahalanobis"),
         (0.0, False, 1.0, 0.25, 2.0, "range"),
         (0.0, False, 1.0, 0.5, 1.5, "range"),
+        (0.0, False, 1.25, 0.5, 2.5, "class_range"),
+        (0.1, True, 0.5, 0.25, 0.0, "class_range"),
         (0.1, True, 0.0, 0.4, 1.5, "mahalanobis"),
     ],
 )
@@ -213,7 +215,8 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
         model=model, ood_prior=ood_prior, layer_gate=layer_gate, layer_distance=distance, **weights, **LAYER
     )
     deup.fit(image_loader(90, 0), image_loader(150, 1))
-    assert isinstance(deup.layer_, {"range": LayerRange, "mahalanobis": LayerStatistics}[distance])
+    assert isinstance(deup.layer_, {"mahalanobis": LayerStatistics}.get(distance, LayerRange))
+    assert getattr(deup.layer_, "per_class", False) == (distance == "class_range")
     assert (deup.gate_ is not None) == (ood_prior > 0)
     assert (deup.layer_gate_ is not None) == layer_gate
     assert (deup.layer_evidence_ is not None) == (layer_weight > 0)
@@ -289,7 +292,8 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
     deup.save(tmp_path / "deup.pt")
     reloaded = DEUP.load(tmp_path / "deup.pt", model=model)
     assert isinstance(reloaded.layer_, LayerRange)
-    assert reloaded.layer_distance == "range"
+    assert reloaded.layer_.per_class
+    assert reloaded.layer_distance == "class_range"
     x = torch.randn(30, 1, 5, 5) * 3
     assert torch.equal(deup(x), reloaded(x))
     outputs = deup.model_outputs(x)
@@ -303,7 +307,7 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
         )
     with pytest.raises(ValueError, match="layer_tail"):
         DEUP(layer_tail=1.0).fit_outputs(cal, torch.arange(30) % 3)
-    with pytest.raises(ValueError, match=r"`layer_distance` in \('range', 'mahalanobis'\)"):
+    with pytest.raises(ValueError, match=r"`layer_distance` in \('class_range', 'range', 'mahalanobis'\)"):
         DEUP(layer_distance="gram").fit_outputs(cal, torch.arange(30) % 3)
     with pytest.raises(ValueError, match="`layer_distance`"):
         DEUP(layer_distance=["range"]).fit_outputs(cal, torch.arange(30) % 3)
@@ -316,7 +320,7 @@ def test_layer_terms_save_load_is_bit_exact_and_mismatched_outputs_are_refused(t
 def test_named_layers_reach_the_gate_and_a_routine_must_record_the_same():
     model = conv_net()
     deup = DEUP(model=model, layers=["1"], **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
-    assert deup.layer_.low_.shape == (12,)  # the second stage: 6 means, 6 deviations
+    assert deup.layer_.low_.shape == (3, 12)  # 3 classes; the second stage: 6 means, 6 deviations
     assert deup(torch.randn(5, 1, 5, 5)).shape == (5,)
     with pytest.raises(ValueError, match="Give both the same `layers`"):
         ClassificationRoutine(model, 3, post_processing=DEUP(layers=["1"]), layers=["0"])
@@ -504,4 +508,4 @@ def test_a_save_from_before_the_range_distance_refits_with_the_mahalanobis_one(t
     x = torch.randn(10, 1, 5, 5)
     assert torch.equal(old(x), deup(x))
     assert DEUP.load(tmp_path / "deup.pt", model=model).layer_distance == "mahalanobis"
-    assert DEUP(model=model, **LAYER).layer_distance == "range"
+    assert DEUP(model=model, **LAYER).layer_distance == "class_range"

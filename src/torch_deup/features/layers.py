@@ -27,7 +27,7 @@ from torch_deup.features.density import (
     cholesky_with_jitter,
     squared_mahalanobis,
 )
-from torch_deup.outputs import ModelOutputs
+from torch_deup.outputs import ModelOutputs, class_logits
 
 
 def require_layer_stats(outputs: ModelOutputs, estimator: object) -> Tensor:
@@ -107,16 +107,21 @@ class LayerRange(FeatureExtractor):
     statistic, its distance beyond the ``[q, 1 - q]`` quantiles of the training rows, in training
     standard deviations, summed. ``0`` inside the range on every statistic.
 
-    Unlike :class:`LayerStatistics`, most in-distribution inputs score exactly 0 (with the default
-    ``q`` and 96 statistics, about 83% of validation images), so evidence read from this score
-    leaves their ranking alone, while an input unusual on several statistics scores on each. As
-    DEUP's layer evidence it beat the Mahalanobis distance on the proxy of
-    ``benchmarks/select_deup.py`` (see :mod:`~torch_deup.post_processing.ood_gate`); alone it is the
-    weaker detector.
+    Unlike :class:`LayerStatistics`, most in-distribution inputs score exactly 0, so evidence read
+    from this score leaves their ranking alone, while an input unusual on several statistics scores
+    on each. With ``per_class=True`` the range is that of the training rows of the class the model
+    predicts for the input (classes with fewer than 2 training rows fall back to every row's range;
+    the scale stays every row's standard deviation): an image of one class whose low-level
+    statistics look like no training image of that class scores, even when they look like another
+    class's. As DEUP's layer evidence the class-conditional range (``q = 0``, the training rows'
+    minimum and maximum per class) beat the range over all classes and the Mahalanobis distance on
+    the proxy of ``benchmarks/select_deup.py`` (see :mod:`~torch_deup.post_processing.ood_gate`);
+    alone it is the weaker detector.
 
     Args:
         quantile: ``q`` in [0, 0.5): the share of training rows below (and above) each statistic's
             range; ``0`` takes the training minimum and maximum.
+        per_class: one range per class (by the training targets), read at the predicted class.
 
     Example:
         >>> import torch
@@ -130,32 +135,81 @@ class LayerRange(FeatureExtractor):
     needs_fit = True
     needs_layer_stats = True
     ood_direction = 1
+    per_class = False  # what an extractor saved before the option existed was
 
-    def __init__(self, quantile: float = 0.002) -> None:
+    def __init__(self, quantile: float = 0.002, per_class: bool = False) -> None:
         if isinstance(quantile, bool) or not isinstance(quantile, int | float) or not 0.0 <= quantile < 0.5:
             raise ValueError(f"Expected `quantile` in [0, 0.5), but got {quantile!r}.")
+        if not isinstance(per_class, bool):
+            raise ValueError(f"Expected `per_class` to be True or False, but got {per_class!r}.")
         self.quantile = quantile
+        self.per_class = per_class
 
     def fit(self, outputs: ModelOutputs, targets: Tensor | None) -> LayerRange:
         stats = training_layer_stats(outputs, self)
-        # numpy's: torch.quantile refuses inputs of more than 2**24 values
-        low, high = np.quantile(stats.cpu().numpy(), [self.quantile, 1.0 - self.quantile], axis=0)
-        self.low_, self.high_ = (torch.from_numpy(bound).to(stats.device) for bound in (low, high))
+        everyone = self._bounds(stats.cpu().numpy())
+        if self.per_class:
+            labels = class_targets(outputs, targets, self).cpu().numpy()
+            values = stats.cpu().numpy()
+            everyone = np.stack(
+                [
+                    self._bounds(values[labels == c]) if (labels == c).sum() >= 2 else everyone
+                    for c in range(class_logits(outputs.logits[:1]).shape[1])
+                ],
+                axis=1,
+            )
+        self.low_, self.high_ = (torch.from_numpy(bound).to(stats.device) for bound in everyone)
         # a constant statistic has no spread of its own: a floor relative to its size keeps float
         # rounding (a last-bit difference between devices) from counting as a far departure
         self.scale_ = torch.maximum(stats.std(0), 1e-6 * stats.abs().mean(0)).clamp_min(1e-12)
         return self
 
+    def _bounds(self, stats: np.ndarray) -> np.ndarray:
+        """``(2, S)``: the ``q`` and ``1 - q`` quantiles of each column (numpy's: torch.quantile
+        refuses inputs of more than 2**24 values)."""
+        return np.quantile(stats, [self.quantile, 1.0 - self.quantile], axis=0)
+
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "low_")
-        stats = query_layer_stats(outputs, self, len(self.low_))
-        beyond = torch.relu(self.low_ - stats) + torch.relu(stats - self.high_)
+        stats = query_layer_stats(outputs, self, self.low_.shape[-1])
+        low, high = self.low_, self.high_
+        if self.per_class:
+            predicted = class_logits(outputs.logits).argmax(1).to(low.device)
+            low, high = low[predicted], high[predicted]
+        beyond = torch.relu(low - stats) + torch.relu(stats - high)
         return (beyond / self.scale_).sum(1, keepdim=True).float()
 
     @property
     def names(self) -> list[str]:
-        return ["layer_range"]
+        return ["layer_class_range" if self.per_class else "layer_range"]
 
     def state_dict(self) -> dict[str, Any]:
         check_is_fitted(self, "low_")
-        return {"quantile": self.quantile, "low_": self.low_, "high_": self.high_, "scale_": self.scale_}
+        return {
+            "quantile": self.quantile,
+            "per_class": self.per_class,
+            "low_": self.low_,
+            "high_": self.high_,
+            "scale_": self.scale_,
+        }
+
+
+def class_targets(outputs: ModelOutputs, targets: Tensor | None, estimator: object) -> Tensor:
+    """The training rows' class indices, checked against the rows and the model's classes."""
+    if targets is None:
+        raise ValueError(
+            f"{type(estimator).__name__} with per_class=True needs the training rows' class indices: "
+            "pass `targets` to fit."
+        )
+    num_classes = class_logits(outputs.logits[:1]).shape[1]
+    if targets.ndim != 1 or len(targets) != len(outputs) or targets.is_floating_point():
+        raise ValueError(
+            f"Expected `targets` of shape ({len(outputs)},) holding integer class indices, but got "
+            f"{targets.dtype} of shape {tuple(targets.shape)}."
+        )
+    if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
+        raise ValueError(
+            f"Expected class indices in [0, {num_classes}) (the model's classes), but `targets` "
+            f"holds values in [{int(targets.min())}, {int(targets.max())}]."
+        )
+    return targets.long()

@@ -160,3 +160,23 @@ class LayerRangeCriterion(FeatureCriterion):
 
     def make_extractor(self) -> FeatureExtractor:
         return LayerRange()
+
+
+class LayerClassRangeCriterion(FeatureCriterion):
+    """How far the intermediate feature maps' channel statistics lie outside the range of the
+    training rows of the predicted class (``LayerRange(0.0, per_class=True)``, DEUP's layer
+    distance).
+
+    Example:
+        >>> import torch
+        >>> train = ModelOutputs(torch.randn(100, 2), layer_stats=torch.randn(100, 4))
+        >>> crit = LayerClassRangeCriterion().fit(train, torch.arange(100) % 2)
+        >>> crit(ModelOutputs(torch.randn(3, 2), layer_stats=torch.randn(3, 4))).shape
+        torch.Size([3])
+    """
+
+    name = "LayerClassRange"
+    needs_layer_stats = True
+
+    def make_extractor(self) -> FeatureExtractor:
+        return LayerRange(0.0, per_class=True)

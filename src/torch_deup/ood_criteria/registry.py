@@ -7,6 +7,7 @@ from torch_deup.ood_criteria.deup import DEUPCriterion
 from torch_deup.ood_criteria.embedding_based import (
     GDACriterion,
     KNNCriterion,
+    LayerClassRangeCriterion,
     LayerRangeCriterion,
     LayerStatisticsCriterion,
     MahalanobisCriterion,
@@ -32,6 +33,7 @@ CRITERIA: dict[str, type[OODCriterion]] = {
     "vim": ViMCriterion,
     "layer_stats": LayerStatisticsCriterion,
     "layer_range": LayerRangeCriterion,
+    "layer_class_range": LayerClassRangeCriterion,
     "mutual_information": MutualInformationCriterion,
 }
 

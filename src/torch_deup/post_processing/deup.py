@@ -42,15 +42,16 @@ the model's outputs for an input to the loss the model incurs there. Read top to
 7. With outputs that carry intermediate feature-map statistics (``ModelOutputs.layer_stats``,
    recorded for a model with ``nn.Sequential`` stages whenever this step is on, as it is by
    default; :attr:`needs_layer_stats` says so), how far those statistics lie outside the
-   training split's range (``layer_distance="range"``,
+   training rows' range for the predicted class (``layer_distance="class_range"``, their
+   minimum and maximum per class; ``"range"``, the ``[0.002, 0.998]`` quantiles over all classes;
    :class:`~torch_deup.features.layers.LayerRange`; ``"mahalanobis"``,
    :class:`~torch_deup.features.layers.LayerStatistics`, their Mahalanobis distance) sees noise,
    colour or texture unlike the training images, which the penultimate embedding can miss, and
-   hardly depends on whether the model is right. The range distance is exactly 0 for most
-   in-distribution inputs, so its evidence leaves their ranking alone, where the Mahalanobis
+   hardly depends on whether the model is right. The range distances are exactly 0 for most
+   in-distribution inputs, so their evidence leaves their ranking alone, where the Mahalanobis
    distance spreads them all over its tail. Its tail evidence among the calibration rows,
    ``t = -log p`` (:class:`~torch_deup.post_processing.ood_gate.TailEvidence`; mean 1 on them for
-   a continuous distance, and 0 on the range distance's rows at 0, about 83% of CIFAR-10's),
+   a continuous distance, and 0 on a range distance's rows at 0, most of CIFAR-10's),
    multiplies the score from an onset ``t0 >= 1`` (``evidence_onset``) on:
    ``score * exp(layer_weight * max(t - t0, 0))``, capped at float32's largest value (``t``
    grows linearly beyond the calibration rows; inputs that far, such as unnormalised pixels, tie
@@ -59,14 +60,14 @@ the model's outputs for an input to the loss the model incurs there. Read top to
    evidence enters smoothly: as it is about independent of the errors, a small weight changes the
    misclassification ranking only to second order while OOD inputs gain to first order, where a
    hard gate lifts a few inputs all the way. The onset keeps it off the bulk of in-distribution
-   inputs, where it is noise on the ranking of the model's errors: with ``t0 = 2``, it reaches
-   only the share ``exp(-2)``, 14%, of the calibration rows with the most unusual statistics.
+   inputs, where it is noise on the ranking of the model's errors: with ``t0 = 2.5``, it reaches
+   at most the share ``exp(-2.5)``, 8%, of the calibration rows with the most unusual statistics.
    The KNN distance of ``g``'s own column (for a classifier with training outputs) adds its
    evidence the same way, ``knn_weight * max(t_knn - t0, 0)``, with no extra computation (``g``
    reads that column anyway):
    an input of a class the model never saw has ordinary low-level statistics but lies far from
    the training embeddings, and the layer evidence alone had cost those inputs. The defaults,
-   ``layer_distance="range", layer_weight=1.25, knn_weight=0.5, evidence_onset=2``, were chosen
+   ``layer_distance="class_range", layer_weight=1.25, knn_weight=0.5, evidence_onset=2.5``, were chosen
    on the proxy of ``benchmarks/select_deup.py`` (tables and rule in
    :mod:`~torch_deup.post_processing.ood_gate`).
    ``layer_gate=True`` adds a range gate (:class:`~torch_deup.post_processing.ood_gate.RangeGate`)
@@ -123,7 +124,11 @@ from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
 
 TASKS = ("classification", "regression")
 TARGETS = ("error", "oof")
-LAYER_DISTANCES = {"range": LayerRange, "mahalanobis": LayerStatistics}
+LAYER_DISTANCES: dict[str, Callable[[], FeatureExtractor]] = {
+    "class_range": partial(LayerRange, 0.0, per_class=True),
+    "range": LayerRange,
+    "mahalanobis": LayerStatistics,
+}
 _LOG_EPS = 1e-3  # errors below this are "no error": their log is not worth fitting
 _LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
 
@@ -350,9 +355,10 @@ class DEUP(PostProcessing):
             classifier with training outputs and a :class:`~torch_deup.features.distance.KNNDistance`
             among the features; ``0`` disables it.
         layer_distance: the layer statistics' distance that the layer evidence and gate read
-            (step 7): ``"range"``, how far they lie outside the training rows' range
-            (:class:`~torch_deup.features.layers.LayerRange`), or ``"mahalanobis"``
-            (:class:`~torch_deup.features.layers.LayerStatistics`).
+            (step 7): ``"class_range"``, how far they lie outside the range of the training rows
+            of the predicted class (``LayerRange(0.0, per_class=True)``), ``"range"``, outside
+            that of all training rows (:class:`~torch_deup.features.layers.LayerRange`), or
+            ``"mahalanobis"`` (:class:`~torch_deup.features.layers.LayerStatistics`).
         evidence_onset: the tail evidence ``t0`` from which both evidences count (step 7): an input
             with ``t`` below it keeps its ``g`` (for ``t0 >= 1``); ``0`` gives ``w * (t - 1)``, the
             form before the onset existed.
@@ -396,8 +402,8 @@ class DEUP(PostProcessing):
         layer_tail: float = 0.01,
         layer_weight: float = 1.25,
         knn_weight: float = 0.5,
-        layer_distance: str = "range",
-        evidence_onset: float = 2.0,
+        layer_distance: str = "class_range",
+        evidence_onset: float = 2.5,
         batch_size: int = 256,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,

@@ -1,6 +1,10 @@
+import io
+
 import pytest
+import torch
 
 from torch_deup.ood_criteria import (
+    CRITERIA,
     DEUPCriterion,
     EnergyCriterion,
     EntropyCriterion,
@@ -16,6 +20,7 @@ from torch_deup.ood_criteria import (
     ViMCriterion,
     get_criterion,
 )
+from torch_deup.outputs import ModelOutputs
 
 NAMES = {
     "msp": (MaxSoftmaxCriterion, "MSP"),
@@ -57,3 +62,35 @@ def test_unknown_name_lists_valid_ones():
 def test_wrong_type_is_rejected():
     with pytest.raises(TypeError, match="criterion name or an OODCriterion, but got a int"):
         get_criterion(3)
+
+
+@pytest.mark.parametrize("name", [name for name, cls in CRITERIA.items() if cls.needs_fit])
+def test_a_fitted_criterion_loads_into_a_fresh_one_and_scores_the_same(name):
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.arange(120) % 3
+    head = torch.randn(6, 3, generator=gen)  # ViM reads the logits as a linear head's output
+    embedding = torch.randn(120, 6, generator=gen) + 2.0 * torch.nn.functional.one_hot(targets, 6)
+    query_embedding = torch.randn(9, 6, generator=gen) * 3
+    train = ModelOutputs(embedding @ head, embedding, None, torch.randn(120, 4, generator=gen))
+    query = ModelOutputs(query_embedding @ head, query_embedding, None, torch.randn(9, 4, generator=gen) * 3)
+    fitted = get_criterion(name).fit(train, targets)
+    fresh = get_criterion(name)
+    fresh.load_state_dict(torch.load(save(fitted.state_dict()), weights_only=True))
+    assert fresh.fitted
+    assert torch.equal(fresh(query), fitted(query))
+
+
+def save(state: dict) -> io.BytesIO:
+    """``state`` through torch.save, as a checkpoint carries it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_criterion_without_a_fit_has_no_state_and_refuses_one():
+    criterion = get_criterion("msp")
+    assert criterion.state_dict() == {}
+    criterion.load_state_dict({})
+    with pytest.raises(ValueError, match=r"MaxSoftmaxCriterion learns nothing from fit.*'bank_'"):
+        criterion.load_state_dict({"bank_": torch.zeros(2)})

@@ -125,3 +125,9 @@ class CountingPostProcessing(PostProcessing):
     @property
     def is_fitted(self) -> bool:
         return self.center_ is not None
+
+    def state_dict(self) -> dict:
+        return {"center_": self.center_}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.center_ = state["center_"]

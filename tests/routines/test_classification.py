@@ -19,7 +19,7 @@ from routines.synthetic import (
 from torch_deup import TUTrainer
 from torch_deup.features import EnsembleDisagreement
 from torch_deup.models import DeepEnsemble
-from torch_deup.ood_criteria import DEUPCriterion, GDACriterion, MaxSoftmaxCriterion
+from torch_deup.ood_criteria import DEUPCriterion, FeatureCriterion, GDACriterion, MaxSoftmaxCriterion
 from torch_deup.outputs import collect_outputs
 from torch_deup.post_processing import DEUP
 from torch_deup.routines import ClassificationRoutine
@@ -494,3 +494,95 @@ def test_a_default_deup_scores_with_the_layer_evidence_of_the_routines_single_pa
     x = torch.cat([datamodule.sets["test"][0], datamodule.sets["far"][0]])
     is_ood = np.r_[np.zeros(len(datamodule.sets["test"][0])), np.ones(len(datamodule.sets["far"][0]))]
     assert values["ood/AUROC"] == pytest.approx(roc_auc_score(is_ood, direct(x).numpy()), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_CRITERIA = ["deup", "knn", "layer_class_range", "msp"]
+
+
+def saved_routine(tmp_path, post_processing) -> tuple[dict[str, float], str]:
+    """A routine fitted by its first test, its metrics and the path of its checkpoint."""
+    routine = ClassificationRoutine(
+        staged_blob_model(),
+        NUM_CLASSES,
+        eval_ood=True,
+        post_processing=post_processing,
+        ood_criterion=CHECKPOINT_CRITERIA,
+    )
+    trainer = TUTrainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+    values = trainer.test(routine, datamodule=BlobDataModule(), verbose=False)[0]
+    path = str(tmp_path / "routine.ckpt")
+    trainer.save_checkpoint(path)
+    return values, path
+
+
+def assert_same_metrics(got: dict[str, float], expected: dict[str, float]) -> None:
+    """Every metric equal (NaN where the other is NaN), every criterion's among them."""
+    assert got.keys() == expected.keys()
+    assert {key.split("/")[1] for key in got if key.startswith("ood/")} >= {"DEUP", "KNN", "LayerClassRange"}
+    np.testing.assert_array_equal([got[k] for k in expected], list(expected.values()))
+
+
+def test_a_checkpoint_keeps_the_fitted_criteria_and_deup_and_its_routine_scores_without_refitting(
+    tmp_path, monkeypatch
+):
+    values, path = saved_routine(tmp_path, DEUP(max_epochs=3, progress=False))
+    fresh = staged_blob_model()
+    with torch.no_grad():  # the weights too come from the checkpoint
+        for parameter in fresh.parameters():
+            parameter.add_(1.0)
+    loaded = ClassificationRoutine.load_from_checkpoint(
+        path,
+        model=fresh,
+        num_classes=NUM_CLASSES,
+        eval_ood=True,
+        post_processing=DEUP(progress=False),
+        ood_criterion=CHECKPOINT_CRITERIA,
+    )
+    assert isinstance(loaded.post_processing, DEUP)
+    assert loaded.post_processing.model is fresh
+    assert all(criterion.fitted for criterion in loaded.ood_criterion)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a loaded routine must not refit")
+
+    monkeypatch.setattr(DEUP, "fit_outputs", no_fit)
+    monkeypatch.setattr(FeatureCriterion, "fit", no_fit)
+    assert_same_metrics(run_test(loaded, BlobDataModule()), values)
+
+
+def test_a_checkpoint_restores_another_post_processing_and_refuses_one_of_another_class(tmp_path):
+    values, path = saved_routine(tmp_path, CountingPostProcessing())
+    post = CountingPostProcessing()
+    loaded = ClassificationRoutine.load_from_checkpoint(
+        path,
+        model=staged_blob_model(),
+        num_classes=NUM_CLASSES,
+        eval_ood=True,
+        post_processing=post,
+        ood_criterion=CHECKPOINT_CRITERIA,
+    )
+    assert post.is_fitted
+    assert_same_metrics(run_test(loaded, BlobDataModule()), values)
+    assert post.fit_calls == 0
+    with pytest.raises(ValueError, match=r"holds a fitted CountingPostProcessing.*post_processing=Counting"):
+        ClassificationRoutine.load_from_checkpoint(
+            path,
+            model=staged_blob_model(),
+            num_classes=NUM_CLASSES,
+            post_processing=DEUP(),
+            ood_criterion=CHECKPOINT_CRITERIA,
+        )
+
+
+def test_a_checkpoint_saved_before_any_test_loads_and_the_routine_fits_at_its_test(tmp_path):
+    routine = ClassificationRoutine(staged_blob_model(), NUM_CLASSES, ood_criterion=["knn"])
+    trainer = TUTrainer(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(routine)
+    trainer.save_checkpoint(tmp_path / "untested.ckpt")
+    loaded = ClassificationRoutine.load_from_checkpoint(
+        tmp_path / "untested.ckpt", model=staged_blob_model(), num_classes=NUM_CLASSES, ood_criterion=["knn"]
+    )
+    assert not loaded.ood_criterion[0].fitted
+    run_test(loaded, BlobDataModule())
+    assert loaded.ood_criterion[0].fitted

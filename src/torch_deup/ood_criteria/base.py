@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -38,6 +38,18 @@ class OODCriterion(ABC):
     def fitted(self) -> bool:
         """Whether the criterion can score: always, for criteria that need no fit."""
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``fit`` learnt, in tensors and plain values (nothing, for criteria that need no fit)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, as if ``fit`` had run."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} learns nothing from fit, but the state to load holds "
+                f"{sorted(state)}: it was saved from another criterion."
+            )
 
     @abstractmethod
     def __call__(self, outputs: ModelOutputs) -> Tensor:

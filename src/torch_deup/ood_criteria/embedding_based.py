@@ -7,7 +7,7 @@ Each wraps one feature extractor of :mod:`torch_deup.features`, so the math live
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -39,6 +39,15 @@ class FeatureCriterion(OODCriterion):
     @property
     def fitted(self) -> bool:
         return getattr(self, "extractor_", None) is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        check_is_fitted(self, "extractor_")
+        return {"extractor": self.extractor_.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        extractor = self.make_extractor()
+        extractor.load_state_dict(state["extractor"])
+        self.extractor_ = extractor
 
     def __call__(self, outputs: ModelOutputs) -> Tensor:
         check_is_fitted(self, "extractor_")

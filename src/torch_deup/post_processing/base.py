@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,14 @@ class PostProcessing(ABC):
     @property
     @abstractmethod
     def is_fitted(self) -> bool: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted state (not the base model), in tensors and plain values."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Become the fitted estimator :meth:`state_dict` describes."""
 
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""

@@ -857,10 +857,22 @@ class DEUP(PostProcessing):
     )  # fmt: skip
 
     def save(self, path: str | Path) -> None:
-        """Save ``g``, the feature extractors' fitted state, the training rows' errors and OOF
-        predictions and the config, custom ``features`` included (not the base model)."""
+        """Save :meth:`state_dict` to ``path`` (not the base model)."""
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None, device: Any = None) -> DEUP:
+        """Rebuild a fitted DEUP saved by :meth:`save`; scores are identical to the last bit."""
+        deup = cls(model=model, device=device)
+        deup.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return deup
+
+    def state_dict(self) -> dict[str, Any]:
+        """``g``, the feature extractors' fitted state, the training rows' errors and OOF
+        predictions and the config, custom ``features`` included: everything but the base model,
+        in tensors and plain Python values (``torch.load(..., weights_only=True)`` reads it)."""
         self._check_fitted()
-        state = {
+        return {
             "params": {name: getattr(self, name) for name in self._PARAMS},
             "features": [_entry(f) for f in self.features_],
             # a refit of the loaded estimator must use the same extractors, not the default ones
@@ -896,12 +908,10 @@ class DEUP(PostProcessing):
             "evidence_onset": self.evidence_onset_,
             "error_cost": self.error_cost_,
         }
-        torch.save(state, path)
 
-    @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None, device: Any = None) -> DEUP:
-        """Rebuild a fitted DEUP saved by :meth:`save`; scores are identical to the last bit."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make this DEUP the fitted one of :meth:`state_dict` (its parameters included); the base
+        model and the device stay this one's."""
         # a file saved before the layer gate or an evidence was fitted without them: refitting it
         # must not add them
         # the evidence of files saved before its onset started at 0: w * (t - 1); their layer
@@ -910,49 +920,55 @@ class DEUP(PostProcessing):
             "layer_gate": False, "layer_weight": 0.0, "knn_weight": 0.0, "evidence_onset": 0.0,
             "layer_distance": "mahalanobis", **state["params"],
         }  # fmt: skip
-        deup = cls(model=model, device=device, **params)
-        deup.features_ = [_rebuild(entry) for entry in state["features"]]
+        unknown = set(params) - set(self._PARAMS)
+        if unknown:
+            raise ValueError(
+                f"The saved DEUP holds parameters {sorted(unknown)} this version does not know: it was "
+                "saved by a newer torch-self. Load it with that version."
+            )
+        for name, value in params.items():
+            setattr(self, name, value)
+        self.features_ = [_rebuild(entry) for entry in state["features"]]
         if state.get("custom_features"):  # files saved before it was kept refit with the defaults
-            deup.features = [_rebuild(entry) for entry in state["features"]]
-        deup.errors_, deup.oof_predictions_ = state.get("errors"), state.get("oof_predictions")
-        deup.scaler_ = FeatureScaler(**state["scaler"])
+            self.features = [_rebuild(entry) for entry in state["features"]]
+        self.errors_, self.oof_predictions_ = state.get("errors"), state.get("oof_predictions")
+        self.scaler_ = FeatureScaler(**state["scaler"])
         g_state = state["g"]
-        deup.g_ = ErrorPredictor(
-            len(g_state["low"]), deup.hidden_dim, g_state["low"], g_state["high"], g_state["directions"]
+        self.g_ = ErrorPredictor(
+            len(g_state["low"]), self.hidden_dim, g_state["low"], g_state["high"], g_state["directions"]
         )
-        deup.g_.load_state_dict(g_state)
-        deup.g_.eval()
-        deup.final_epochs_, deup.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
-        deup.gate_ = deup.gate_score_ = deup.layer_gate_ = None
+        self.g_.load_state_dict(g_state)
+        self.g_.eval()
+        self.final_epochs_, self.oof_spearman_ = state["final_epochs"], state["oof_spearman"]
+        self.gate_ = self.gate_score_ = self.layer_gate_ = None
         # saved before the layer gate, the cost lived with the OOD gate
-        deup.error_cost_ = state.get("error_cost", (state.get("gate") or {}).get("error_cost"))
+        self.error_cost_ = state.get("error_cost", (state.get("gate") or {}).get("error_cost"))
         if state.get("gate") is not None:  # files saved before the gate existed have none
             # the prior fitted with (files saved before it was kept: the saved parameter)
-            deup.gate_ = OODGate(state["gate"]["state"].get("prior", deup.ood_prior))
-            deup.gate_.load_state_dict(state["gate"]["state"])
+            self.gate_ = OODGate(state["gate"]["state"].get("prior", self.ood_prior))
+            self.gate_.load_state_dict(state["gate"]["state"])
             score = state["gate"]["score"]
-            deup.gate_score_ = None if score is None else _rebuild(score)
-            deup.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
-        deup.layer_ = deup.layer_evidence_ = None
+            self.gate_score_ = None if score is None else _rebuild(score)
+            self.gate_column_ = state["gate"].get("column")  # saved before the shared KNN column: None
+        self.layer_ = self.layer_evidence_ = None
         layer = state.get("layer_gate")
         if layer is not None:  # files saved before the layer gate have none
-            deup.layer_ = _rebuild(layer["layer"])
+            self.layer_ = _rebuild(layer["layer"])
             if layer["state"] is not None:
-                deup.layer_gate_ = RangeGate(layer["state"]["tail"])
-                deup.layer_gate_.load_state_dict(layer["state"])
+                self.layer_gate_ = RangeGate(layer["state"]["tail"])
+                self.layer_gate_.load_state_dict(layer["state"])
             if layer.get("evidence") is not None:  # saved before the layer evidence: none
-                deup.layer_evidence_ = TailEvidence()
-                deup.layer_evidence_.load_state_dict(layer["evidence"])
+                self.layer_evidence_ = TailEvidence()
+                self.layer_evidence_.load_state_dict(layer["evidence"])
         # the weight fitted with; files saved before it was kept apart hold only the parameter
-        deup.layer_weight_ = (layer or {}).get("weight", deup.layer_weight)
-        deup.evidence_onset_ = state.get("evidence_onset", deup.evidence_onset)
+        self.layer_weight_ = (layer or {}).get("weight", self.layer_weight)
+        self.evidence_onset_ = state.get("evidence_onset", self.evidence_onset)
         knn = state.get("knn_evidence")  # files saved before the KNN evidence have none
-        deup.knn_evidence_, deup.knn_column_, deup.knn_weight_ = None, None, deup.knn_weight
+        self.knn_evidence_, self.knn_column_, self.knn_weight_ = None, None, self.knn_weight
         if knn is not None:
-            deup.knn_evidence_ = TailEvidence()
-            deup.knn_evidence_.load_state_dict(knn["state"])
-            deup.knn_column_, deup.knn_weight_ = knn["column"], knn["weight"]
-        return deup
+            self.knn_evidence_ = TailEvidence()
+            self.knn_evidence_.load_state_dict(knn["state"])
+            self.knn_column_, self.knn_weight_ = knn["column"], knn["weight"]
 
 
 @contextmanager

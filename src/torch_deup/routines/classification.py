@@ -35,6 +35,8 @@ from torch_deup.routines.evaluation import EvaluationMetrics
 from torch_deup.routines.metric_keys import COMPLEXITY, metric_key
 
 CriterionSpec = str | OODCriterion
+#: where a checkpoint of the routine keeps its fitted criteria and post-processing
+CHECKPOINT_KEY = "torch_deup"
 #: an optimizer, or a function of the model returning an optimizer or Lightning's optimizer dict
 OptimRecipe = Optimizer | Callable[[nn.Module], Any]
 
@@ -250,6 +252,40 @@ class ClassificationRoutine(LightningModule):
         values[metric_key(COMPLEXITY, "flops")] = float("nan") if self.flops_ is None else float(self.flops_)
         values[metric_key(COMPLEXITY, "params")] = float(params(self.model))
         self.log_dict(values)
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep what the test fitted beside the weights: each fitted criterion's state and the
+        post-processing's, so a routine loaded from the checkpoint scores without refitting."""
+        post = self.post_processing
+        checkpoint[CHECKPOINT_KEY] = {
+            "criteria": {c.name: c.state_dict() for c in self._criteria if c.needs_fit and c.fitted},
+            "post_processing": None
+            if post is None or not post.is_fitted
+            else {"class": f"{type(post).__module__}:{type(post).__qualname__}", "state": post.state_dict()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` kept into the routine's criteria of the same
+        names and into its post-processing, which must be of the saved one's class (an unfitted
+        one: ``post_processing=DEUP()``)."""
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:  # a checkpoint of training only, or from before this was kept
+            return
+        for criterion in self._criteria:
+            if criterion.needs_fit and criterion.name in saved["criteria"]:
+                criterion.load_state_dict(saved["criteria"][criterion.name])
+        post, post_state = self.post_processing, saved["post_processing"]
+        if post is None or post_state is None:  # nothing reads it, or nothing was fitted
+            return
+        name = post_state["class"]
+        if f"{type(post).__module__}:{type(post).__qualname__}" != name:
+            raise ValueError(
+                f"The checkpoint holds a fitted {name.partition(':')[2]}, but the routine's "
+                f"post-processing is a {type(post).__name__}. Build the routine with "
+                f"post_processing={name.partition(':')[2]}()."
+            )
+        post.load_state_dict(post_state["state"])
 
     # ------------------------------------------------------------------------------- helpers
     def _forward_and_score(self, x: Tensor) -> tuple[ModelOutputs, dict[str, Tensor]]:

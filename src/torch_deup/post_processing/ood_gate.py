@@ -282,17 +282,18 @@ range, ``q = 0.001``      1, 0.5, 1.5                            +0.11
 range, ``q = 0.005``      1, 0.25, 1.5                           -0.11
 ========================  =====================================  ===============
 
-The default became ``layer_distance="range"`` (``q = 0.002``), ``layer_weight=1.25``,
-``knn_weight=0.5``, ``t0 = 2``, whose proxy margins are all positive over both proxies.
+The tenth session's default became ``layer_distance="range"`` (``q = 0.002``),
+``layer_weight=1.25``, ``knn_weight=0.5``, ``t0 = 2``, whose proxy margins are all positive over
+both proxies.
 ``q = 0.001`` at the previous weights is a tie within the noise. ``select_deup.py '{}'
 '{"layer_distance": "mahalanobis", "layer_weight": 1.0, "evidence_onset": 1.5}' --draws 6``
-(draws 0-5) records it: the default reads misclassification AUROC 90.45, held-out 97.93, SCOD sum
+(draws 0-5) records it: it reads misclassification AUROC 90.45, held-out 97.93, SCOD sum
 44.830, far 94.99, shifted 72.37, smallest margin +0.12; the ninth session's default 90.32,
 97.86, 44.850, 95.35, 71.60, -0.65 (its shifted bar now includes the range distance alone, 99.4
-on blur of 1.5 pixels). On the ensemble's proxy (``--checkpoint A B``, draws 0-2) the default
+on blur of 1.5 pixels). On the ensemble's proxy (``--checkpoint A B``, draws 0-2) it
 reads 90.54, 97.92, 44.438, 95.59, 73.04, smallest margin +0.21; the previous one 90.45, 97.74,
-44.483, 95.71, 72.04, -0.61; ``select_deup.py --combine`` on the two saved records chooses the
-default. The class-conditional Gram range was not carried on: it needs the Gram
+44.483, 95.71, 72.04, -0.61; ``select_deup.py --combine`` on the two saved records chooses it.
+The class-conditional Gram range was not carried on: it needs the Gram
 matrices recorded in the model's forward, a change to :class:`~torch_deup.outputs.OutputCapture`
 left for later.
 
@@ -321,23 +322,25 @@ class range, ``q = 0.005``      1.25, 0.5, 1.5                         -1.53
 class range, ``q = 0.01``       1.25, 0.5, 1.5                         -2.17
 ==============================  =====================================  ===============
 
-The default became ``layer_distance="class_range"`` (``q = 0``, each class's minimum and
-maximum), ``layer_weight=1.25``, ``knn_weight=0.5``, ``t0 = 2.5``. On those draws it reads
-misclassification AUROC 91.14 (single) and 91.27 (ensemble) against 91.06 and 90.98 for the
-tenth session's default, margins to the misclassification target +0.84 and +0.59. Alone the
-class range is the weaker detector (single model, draws 6-8: far 84.1, shifted 61.6 against the
-range's 84.6 and 64.1); in DEUP it fires on an input whose statistics are unlike those of the
-class it is given, which an input of no class and a misclassified input of a class both can be,
-and on few others: 2.4% of the validation images score above 0 (the range over all classes,
-``q = 0.002``: 16.9%). Per class, ``q = 0.002`` leaves 9 of the 4,500 training rows of each class
-outside each statistic's range, and 19.3% of the validation images score above 0; why it does so
-much worse than the range over all classes with as many such images was not studied. The record
-on the draws the tenth session chose on, ``select_deup.py '{}' '{"layer_distance": "range",
-"evidence_onset": 2.0}' --draws 6`` (single model, draws 0-5), reads misclassification AUROC
-90.76, held-out 97.87, SCOD sum 44.837, far 94.73, shifted 72.36, smallest margin +0.10 for the
-default and 90.45, 97.93, 44.830, 94.99, 72.37, +0.12 for the tenth session's; on the ensemble's
-draws 0-2, 90.82, 97.86, 44.440, 95.46, 72.93, +0.28 against +0.21. There the two tie within the
-noise, and ``select_deup.py --combine`` on the two records would keep the tenth's default by 0.02.
+The default became ``layer_distance="class_range"`` (``q = 0``, each class's minimum and maximum),
+``layer_weight=1.25``, ``knn_weight=0.5``, ``t0 = 2.5``. On those draws it reads misclassification
+AUROC 91.14 (single) and 91.27 (ensemble) against 91.06 and 90.98 for the tenth session's default,
+margins to the misclassification target +0.84 and +0.59. Alone the class range is the weaker
+detector (single model, draws 6-8: far 84.1, shifted 61.6 against the range's 84.6 and 64.1); in
+DEUP it fires on an input whose statistics are unlike those of the class it is given, which an input
+of no class and a misclassified input of a class both can be, and on few others: 2.4% of the
+validation images score above 0 (the range over all classes, ``q = 0.002``: 16.9%). Per class,
+``q = 0.002`` leaves 9 of the 4,500 training rows of each class on each side of each statistic's range,
+and 19.3% of the validation images score above 0; why it does so much worse than the range over all
+classes with as many such images was not studied.
+
+The record on the draws on which the tenth session found and chose its default,
+``select_deup.py '{}' '{"layer_distance": "range", "evidence_onset": 2.0}' --draws 6`` (single
+model, draws 0-5), reads misclassification AUROC 90.76, held-out 97.87, SCOD sum 44.837, far 94.73,
+shifted 72.36, smallest margin +0.10 for the default and 90.45, 97.93, 44.830, 94.99, 72.37, +0.12
+for the tenth session's; on the ensemble's draws 0-2, 90.82, 97.86, 44.440, 95.46, 72.93, +0.28
+against +0.21. There the two tie within the noise, and ``select_deup.py --combine`` on the two
+records would keep the tenth's default by 0.02.
 """
 
 from __future__ import annotations

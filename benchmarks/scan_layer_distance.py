@@ -145,7 +145,14 @@ def print_combined(paths: list[str]) -> None:
     """Per distance, the cell eligible on every scan with the widest smallest margin over them."""
     saved = [torch.load(p, weights_only=False) for p in paths]
     # scans saved before the class-conditional distances hold none
-    names = distances(saved[0]["quantiles"], saved[0].get("class_quantiles", []))
+    grids = [(s["quantiles"], s.get("class_quantiles", [])) for s in saved]
+    for path, grid in zip(paths, grids, strict=True):
+        if grid != grids[0]:
+            raise SystemExit(
+                f"{path} scanned the quantiles {grid}, {paths[0]} {grids[0]}: combine scans of the same "
+                "--quantiles and --class-quantiles."
+            )
+    names = distances(*grids[0])
     rules = [rule_by_distance(mean_metrics(s["rows"]), names, s["baselines"]) for s in saved]
     best = {}
     for name in names:

@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.models import conv_net
 from torch_deup.features.base import feature_matrix
+from torch_deup.features.layers import LayerStatistics
 from torch_deup.post_processing import DEUP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from scan_layer_distance import log_score
+from scan_layer_distance import distances, log_score
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,13 @@ def test_the_scans_score_is_the_log_of_deups(distance, weight, knn, onset):
     assert below.sum() >= 10
     torch.testing.assert_close(scan[below], expected[below], rtol=1e-5, atol=1e-5)
     assert (scan[~below] >= cap - 1e-3).all()
+
+
+def test_the_scans_distances_are_the_layer_ranges_they_name():
+    made = {name: make() for name, make in distances([0.002], [0.0, 0.01]).items()}
+    assert type(made.pop("mahalanobis")) is LayerStatistics
+    assert {name: (d.quantile, d.per_class) for name, d in made.items()} == {
+        "range0.002": (0.002, False),
+        "cls0": (0.0, True),
+        "cls0.01": (0.01, True),
+    }

@@ -219,3 +219,13 @@ def test_class_range_bad_input_is_named():
         LayerRange(per_class=True).fit(train, torch.zeros(29, dtype=torch.long))
     with pytest.raises(ValueError, match=r"in \[0, 3\).*\[0, 3\]"):
         LayerRange(per_class=True).fit(train, torch.arange(30) % 4)
+
+
+def test_class_range_refuses_logits_of_another_number_of_classes():
+    labels = torch.arange(30) % 3
+    layer = LayerRange(0.0, per_class=True).fit(labelled(correlated(30, 0), labels), labels)
+    for num_classes in (2, 4):
+        with pytest.raises(
+            ValueError, match=f"fitted on a model of 3 classes, but these logits hold {num_classes}"
+        ):
+            layer(labelled(correlated(5, 1), torch.arange(5) % 2, num_classes))

@@ -22,12 +22,6 @@ class RowNorm(PostProcessing):
     def is_fitted(self):
         return True
 
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
 
 def test_scores_come_from_the_post_processing():
     outputs = ModelOutputs(torch.zeros(2, 3), torch.tensor([[3.0, 4.0], [0.0, 1.0]]))

@@ -94,3 +94,11 @@ def test_a_criterion_without_a_fit_has_no_state_and_refuses_one():
     criterion.load_state_dict({})
     with pytest.raises(ValueError, match=r"MaxSoftmaxCriterion learns nothing from fit.*'bank_'"):
         criterion.load_state_dict({"bank_": torch.zeros(2)})
+
+
+def test_a_state_fitted_with_other_settings_is_refused():
+    gen = torch.Generator().manual_seed(0)
+    train = ModelOutputs(torch.randn(50, 3, generator=gen), torch.randn(50, 4, generator=gen))
+    state = KNNCriterion(k=5).fit(train, torch.arange(50) % 3).state_dict()
+    with pytest.raises(ValueError, match=r"fitted with k=5 \(this one: 7\)"):
+        KNNCriterion(k=7).load_state_dict(state)

@@ -202,6 +202,30 @@ def test_a_loaded_estimator_keeps_custom_features_and_diagnostics_and_refits_as_
     assert [type(f) for f in reloaded.features_] == [OutputStatistics]
 
 
+def test_a_state_loads_into_a_configured_estimator_whole_or_not_at_all():
+    saved = DEUP(model=mlp(), held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
+    target = DEUP(model=mlp(), features=[OutputStatistics()], seed=5, **FAST)
+    target.load_state_dict(saved.state_dict())
+    # the saved estimator's parameters, its default features included, are the loaded one's
+    assert target.features is None
+    assert target.seed == saved.seed
+    x = torch.randn(30, 4)
+    assert torch.equal(target(x), saved(x))
+    newer = saved.state_dict()
+    newer["params"]["temperature"] = 2.0
+    with pytest.raises(ValueError, match=r"\['temperature'\].*saved by a newer torch-deup"):
+        target.load_state_dict(newer)
+    broken = saved.state_dict()
+    broken["params"]["seed"] = 123
+    del broken["g"]["low"]
+    fitted = DEUP(model=mlp(), **FAST).fit(loader())
+    before = fitted(x)
+    with pytest.raises(KeyError):
+        fitted.load_state_dict(broken)
+    assert fitted.seed == 0
+    assert torch.equal(fitted(x), before)
+
+
 def test_save_load_with_fitted_extractors_is_bit_exact(tmp_path):
     deup = DEUP(model=mlp(), held_out_classes=2, **FAST).fit(loader(), train_loader=loader(n=120))
     deup.save(tmp_path / "deup.pt")

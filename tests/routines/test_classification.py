@@ -19,10 +19,17 @@ from routines.synthetic import (
 from torch_deup import TUTrainer
 from torch_deup.features import EnsembleDisagreement
 from torch_deup.models import DeepEnsemble
-from torch_deup.ood_criteria import DEUPCriterion, FeatureCriterion, GDACriterion, MaxSoftmaxCriterion
+from torch_deup.ood_criteria import (
+    DEUPCriterion,
+    FeatureCriterion,
+    GDACriterion,
+    KNNCriterion,
+    MaxSoftmaxCriterion,
+)
 from torch_deup.outputs import collect_outputs
-from torch_deup.post_processing import DEUP
+from torch_deup.post_processing import DEUP, PostProcessing
 from torch_deup.routines import ClassificationRoutine
+from torch_deup.routines.classification import CHECKPOINT_KEY
 
 
 def run_test(
@@ -586,3 +593,57 @@ def test_a_checkpoint_saved_before_any_test_loads_and_the_routine_fits_at_its_te
     assert not loaded.ood_criterion[0].fitted
     run_test(loaded, BlobDataModule())
     assert loaded.ood_criterion[0].fitted
+
+
+def test_training_after_a_test_makes_its_fit_stale_for_checkpoints_and_for_the_next_test(tmp_path):
+    post, knn = CountingPostProcessing(), KNNCriterion(k=5)
+    routine = ClassificationRoutine(
+        make_mlp(),
+        NUM_CLASSES,
+        eval_ood=True,
+        loss=nn.CrossEntropyLoss(),
+        optim_recipe=lambda model: torch.optim.Adam(model.parameters(), lr=0.05),
+        post_processing=post,
+        ood_criterion=["deup", knn],
+    )
+    dm = BlobDataModule()
+    run_test(routine, dm)
+    bank = knn.extractor_.bank_
+    trainer = TUTrainer(
+        accelerator="cpu", max_epochs=2, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(routine, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "trained.ckpt")
+    assert torch.load(tmp_path / "trained.ckpt", weights_only=True)[CHECKPOINT_KEY] is None
+    run_test(routine, dm)  # refits on the trained weights
+    assert post.fit_calls == 2
+    assert not torch.equal(knn.extractor_.bank_, bank)
+    run_test(routine, dm)
+    assert post.fit_calls == 2
+
+
+def test_a_criterions_own_post_processing_is_kept_and_one_without_state_dict_is_refitted(tmp_path):
+    class Unsaved(CountingPostProcessing):
+        state_dict = PostProcessing.state_dict
+
+    for own, kept in ((CountingPostProcessing(), True), (Unsaved(), False)):
+        routine = ClassificationRoutine(staged_blob_model(), NUM_CLASSES, ood_criterion=DEUPCriterion(own))
+        trainer = TUTrainer(
+            accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False
+        )
+        trainer.test(routine, datamodule=BlobDataModule(), verbose=False)
+        if kept:
+            trainer.save_checkpoint(tmp_path / "own.ckpt")
+        else:
+            with pytest.warns(UserWarning, match="Unsaved does not implement state_dict"):
+                trainer.save_checkpoint(tmp_path / "own.ckpt")
+        fresh = type(own)()
+        loaded = ClassificationRoutine.load_from_checkpoint(
+            tmp_path / "own.ckpt",
+            model=staged_blob_model(),
+            num_classes=NUM_CLASSES,
+            ood_criterion=DEUPCriterion(fresh),
+        )
+        assert fresh.is_fitted == kept
+        run_test(loaded, BlobDataModule())
+        assert fresh.fit_calls == (0 if kept else 1)

@@ -147,18 +147,19 @@ class LayerRange(FeatureExtractor):
 
     def fit(self, outputs: ModelOutputs, targets: Tensor | None) -> LayerRange:
         stats = training_layer_stats(outputs, self)
-        everyone = self._bounds(stats.cpu().numpy())
+        values = stats.cpu().numpy()
+        bounds = self._bounds(values)
         if self.per_class:
-            labels = class_targets(outputs, targets, self).cpu().numpy()
-            values = stats.cpu().numpy()
-            everyone = np.stack(
+            num_classes = class_logits(outputs.logits[:1]).shape[1]
+            labels = class_targets(targets, len(outputs), num_classes, self).cpu().numpy()
+            bounds = np.stack(
                 [
-                    self._bounds(values[labels == c]) if (labels == c).sum() >= 2 else everyone
-                    for c in range(class_logits(outputs.logits[:1]).shape[1])
+                    self._bounds(values[labels == c]) if (labels == c).sum() >= 2 else bounds
+                    for c in range(num_classes)
                 ],
                 axis=1,
             )
-        self.low_, self.high_ = (torch.from_numpy(bound).to(stats.device) for bound in everyone)
+        self.low_, self.high_ = (torch.from_numpy(bound).to(stats.device) for bound in bounds)
         # a constant statistic has no spread of its own: a floor relative to its size keeps float
         # rounding (a last-bit difference between devices) from counting as a far departure
         self.scale_ = torch.maximum(stats.std(0), 1e-6 * stats.abs().mean(0)).clamp_min(1e-12)
@@ -174,7 +175,13 @@ class LayerRange(FeatureExtractor):
         stats = query_layer_stats(outputs, self, self.low_.shape[-1])
         low, high = self.low_, self.high_
         if self.per_class:
-            predicted = class_logits(outputs.logits).argmax(1).to(low.device)
+            logits = class_logits(outputs.logits)
+            if logits.shape[1] != len(low):
+                raise ValueError(
+                    f"{type(self).__name__} was fitted on a model of {len(low)} classes, but these "
+                    f"logits hold {logits.shape[1]}. Score the outputs of the model it was fitted on."
+                )
+            predicted = logits.argmax(1).to(low.device)
             low, high = low[predicted], high[predicted]
         beyond = torch.relu(low - stats) + torch.relu(stats - high)
         return (beyond / self.scale_).sum(1, keepdim=True).float()
@@ -194,17 +201,16 @@ class LayerRange(FeatureExtractor):
         }
 
 
-def class_targets(outputs: ModelOutputs, targets: Tensor | None, estimator: object) -> Tensor:
+def class_targets(targets: Tensor | None, num_rows: int, num_classes: int, estimator: object) -> Tensor:
     """The training rows' class indices, checked against the rows and the model's classes."""
     if targets is None:
         raise ValueError(
             f"{type(estimator).__name__} with per_class=True needs the training rows' class indices: "
             "pass `targets` to fit."
         )
-    num_classes = class_logits(outputs.logits[:1]).shape[1]
-    if targets.ndim != 1 or len(targets) != len(outputs) or targets.is_floating_point():
+    if targets.ndim != 1 or len(targets) != num_rows or targets.is_floating_point():
         raise ValueError(
-            f"Expected `targets` of shape ({len(outputs)},) holding integer class indices, but got "
+            f"Expected `targets` of shape ({num_rows},) holding integer class indices, but got "
             f"{targets.dtype} of shape {tuple(targets.shape)}."
         )
     if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):

@@ -46,6 +46,19 @@ class FeatureCriterion(OODCriterion):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         extractor = self.make_extractor()
+        # the settings the state was fitted with (k, quantile, ...) must be this criterion's own
+        differ = {
+            key: (value, getattr(extractor, key))
+            for key, value in state["extractor"].items()
+            if not key.endswith("_") and key in vars(extractor) and not isinstance(value, Tensor)
+            and value != getattr(extractor, key)
+        }  # fmt: skip
+        if differ:
+            shown = ", ".join(f"{key}={saved!r} (this one: {own!r})" for key, (saved, own) in differ.items())
+            raise ValueError(
+                f"The state of {self.name} was fitted with {shown}. Build the criterion with the "
+                "saved settings, or refit it."
+            )
         extractor.load_state_dict(state["extractor"])
         self.extractor_ = extractor
 

@@ -12,6 +12,11 @@ from torch import Tensor, nn
 from torch_deup.outputs import ModelOutputs, OutputCapture, evaluating, model_input, normalize_layers
 
 
+def class_path(obj: object) -> str:
+    """``"module:QualifiedName"`` of ``obj``'s class: how saved states name what to rebuild."""
+    return f"{type(obj).__module__}:{type(obj).__qualname__}"
+
+
 class PostProcessing(ABC):
     """Fitted on held-out data after training; scores new inputs from the model's outputs.
 
@@ -72,13 +77,14 @@ class PostProcessing(ABC):
     @abstractmethod
     def is_fitted(self) -> bool: ...
 
-    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """The fitted state (not the base model), in tensors and plain values."""
+        """The fitted state (not the base model), in tensors and plain values, for checkpoints.
+        A post-processing that does not implement it is refitted after a checkpoint is loaded."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement state_dict().")
 
-    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Become the fitted estimator :meth:`state_dict` describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement load_state_dict().")
 
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""

@@ -117,7 +117,7 @@ from torch_deup.features.outputs import Embedding, OutputStatistics, RegressionO
 from torch_deup.features.subspace import ViMScore
 from torch_deup.features.variance import DropoutVariance, EnsembleDisagreement, dropout_rate
 from torch_deup.outputs import ModelOutputs, auto_layers, class_probabilities, collect_outputs
-from torch_deup.post_processing.base import PostProcessing
+from torch_deup.post_processing.base import PostProcessing, class_path
 from torch_deup.post_processing.held_out_classes import error_cost, held_out_class_rows
 from torch_deup.post_processing.ood_gate import OODGate, RangeGate, TailEvidence
 from torch_deup.post_processing.virtual_outliers import virtual_outlier_rows
@@ -911,7 +911,13 @@ class DEUP(PostProcessing):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make this DEUP the fitted one of :meth:`state_dict` (its parameters included); the base
-        model and the device stay this one's."""
+        model and the device stay this one's. A state that fails to load leaves it as it was."""
+        restored = type(self)(model=self.model, device=self.device)
+        restored._restore(state)
+        vars(self).update(vars(restored))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """:meth:`load_state_dict` on a fresh DEUP."""
         # a file saved before the layer gate or an evidence was fitted without them: refitting it
         # must not add them
         # the evidence of files saved before its onset started at 0: w * (t - 1); their layer
@@ -924,13 +930,13 @@ class DEUP(PostProcessing):
         if unknown:
             raise ValueError(
                 f"The saved DEUP holds parameters {sorted(unknown)} this version does not know: it was "
-                "saved by a newer torch-self. Load it with that version."
+                "saved by a newer torch-deup. Load it with that version."
             )
         for name, value in params.items():
             setattr(self, name, value)
         self.features_ = [_rebuild(entry) for entry in state["features"]]
-        if state.get("custom_features"):  # files saved before it was kept refit with the defaults
-            self.features = [_rebuild(entry) for entry in state["features"]]
+        # files saved before it was kept refit with the defaults
+        self.features = [_rebuild(e) for e in state["features"]] if state.get("custom_features") else None
         self.errors_, self.oof_predictions_ = state.get("errors"), state.get("oof_predictions")
         self.scaler_ = FeatureScaler(**state["scaler"])
         g_state = state["g"]
@@ -1047,10 +1053,7 @@ def _knn_bank(num_train: int) -> tuple[int, int]:
 
 def _entry(extractor: FeatureExtractor) -> dict[str, Any]:
     """What :meth:`DEUP.save` keeps of an extractor: its class path and its attributes."""
-    return {
-        "class": f"{type(extractor).__module__}:{type(extractor).__qualname__}",
-        "state": dict(vars(extractor)),
-    }
+    return {"class": class_path(extractor), "state": dict(vars(extractor))}
 
 
 def _rebuild(entry: dict[str, Any]) -> FeatureExtractor:

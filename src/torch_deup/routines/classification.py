@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning import LightningDataModule, LightningModule
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,6 +32,7 @@ from torch_deup.outputs import (
     split_batch,
 )
 from torch_deup.post_processing import PostProcessing
+from torch_deup.post_processing.base import class_path
 from torch_deup.routines.evaluation import EvaluationMetrics
 from torch_deup.routines.metric_keys import COMPLEXITY, metric_key
 
@@ -106,6 +108,7 @@ class ClassificationRoutine(LightningModule):
         check_fraction(ood_cost, "ood_cost")  # before any fit, not after minutes of one
         self.ood_cost = ood_cost
         self.refit = refit
+        self._stale_fit = False  # set when training moves the weights past what was fitted
         self._capture: OutputCapture | None = None  # built at test start, for what the criteria read
         self.val_acc = MeanMetric()
         self.test_metrics: EvaluationMetrics | None = None
@@ -254,38 +257,58 @@ class ClassificationRoutine(LightningModule):
         self.log_dict(values)
 
     # ---------------------------------------------------------------------------- checkpoints
+    def on_train_start(self) -> None:
+        # training changes the weights: what was fitted on the old ones is stale
+        self._stale_fit = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep what the test fitted beside the weights: each fitted criterion's state and the
-        post-processing's, so a routine loaded from the checkpoint scores without refitting."""
-        post = self.post_processing
+        """Keep what the test fitted beside the weights: each fitted criterion's state and each
+        criterion's fitted post-processing, so a routine loaded from the checkpoint scores without
+        refitting. Nothing is kept once training has moved the weights past that fit."""
+        if self._stale_fit:
+            checkpoint[CHECKPOINT_KEY] = None
+            return
+        posts = {}
+        for criterion in self._criteria:
+            post = criterion.post_processing if criterion.needs_post_processing else None
+            if post is not None and post.is_fitted:
+                try:
+                    posts[criterion.name] = {"class": class_path(post), "state": post.state_dict()}
+                except NotImplementedError:
+                    warnings.warn(
+                        f"{type(post).__name__} does not implement state_dict(), so the checkpoint "
+                        f"does not keep it: a routine loaded from it refits it at its test.",
+                        stacklevel=2,
+                    )
         checkpoint[CHECKPOINT_KEY] = {
             "criteria": {c.name: c.state_dict() for c in self._criteria if c.needs_fit and c.fitted},
-            "post_processing": None
-            if post is None or not post.is_fitted
-            else {"class": f"{type(post).__module__}:{type(post).__qualname__}", "state": post.state_dict()},
+            "post_processing": posts,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore what :meth:`on_save_checkpoint` kept into the routine's criteria of the same
-        names and into its post-processing, which must be of the saved one's class (an unfitted
-        one: ``post_processing=DEUP()``)."""
+        names and into the post-processing they score with, which must be of the saved one's class
+        (an unfitted one: ``post_processing=DEUP()``)."""
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:  # a checkpoint of training only, or from before this was kept
             return
+        # the fitted state lives on the CPU, wherever `map_location` put the weights
+        saved = move_data_to_device(saved, "cpu")
         for criterion in self._criteria:
             if criterion.needs_fit and criterion.name in saved["criteria"]:
                 criterion.load_state_dict(saved["criteria"][criterion.name])
-        post, post_state = self.post_processing, saved["post_processing"]
-        if post is None or post_state is None:  # nothing reads it, or nothing was fitted
-            return
-        name = post_state["class"]
-        if f"{type(post).__module__}:{type(post).__qualname__}" != name:
-            raise ValueError(
-                f"The checkpoint holds a fitted {name.partition(':')[2]}, but the routine's "
-                f"post-processing is a {type(post).__name__}. Build the routine with "
-                f"post_processing={name.partition(':')[2]}()."
-            )
-        post.load_state_dict(post_state["state"])
+            post = criterion.post_processing if criterion.needs_post_processing else None
+            entry = saved["post_processing"].get(criterion.name)
+            if post is None or entry is None:
+                continue
+            if class_path(post) != entry["class"]:
+                name = entry["class"].partition(":")[2]
+                raise ValueError(
+                    f"The checkpoint holds a fitted {name} for the criterion {criterion.name!r}, but "
+                    f"its post-processing is a {type(post).__name__}. Build the routine with "
+                    f"post_processing={name}()."
+                )
+            post.load_state_dict(entry["state"])
 
     # ------------------------------------------------------------------------------- helpers
     def _forward_and_score(self, x: Tensor) -> tuple[ModelOutputs, dict[str, Tensor]]:
@@ -334,16 +357,20 @@ class ClassificationRoutine(LightningModule):
         return names if len(names) == num_sets else [f"ood{i}" for i in range(1, num_sets + 1)]
 
     def _post_processings_to_fit(self) -> list[PostProcessing]:
-        """Each distinct post-processing some criterion scores with, if unfitted (or ``refit``)."""
+        """Each distinct post-processing some criterion scores with, if unfitted (or ``refit``, or
+        fitted before training moved the weights)."""
         posts: list[PostProcessing] = []
         for criterion in self._criteria:
             post = criterion.post_processing if criterion.needs_post_processing else None
-            if post is not None and (self.refit or not post.is_fitted) and all(post is not p for p in posts):
+            if post is None or any(post is p for p in posts):
+                continue
+            if self.refit or self._stale_fit or not post.is_fitted:
                 posts.append(post)
         return posts
 
     def _fit_components(self) -> None:
-        criteria = [c for c in self._criteria if c.needs_fit and (self.refit or not c.fitted)]
+        refit = self.refit or self._stale_fit
+        criteria = [c for c in self._criteria if c.needs_fit and (refit or not c.fitted)]
         posts = self._post_processings_to_fit()
         if not criteria and not posts:
             return
@@ -358,6 +385,7 @@ class ClassificationRoutine(LightningModule):
             cal = self._collect(cal_loader, "Post-processing outputs")
             for post in posts:
                 post.fit_outputs(*cal, *train)
+        self._stale_fit = False
 
     def _fitting_datamodule(self) -> LightningDataModule:
         if self.trainer.datamodule is None:

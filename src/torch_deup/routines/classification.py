@@ -50,7 +50,10 @@ class ClassificationRoutine(LightningModule):
     declare ``needs_fit`` on the training split (``datamodule.train_eval_dataloader()``), and the
     post-processing, when a criterion uses it, on ``datamodule.postprocess_dataloader()``. The
     training split is run through the model at most once for all of them; fitted components are
-    kept for later ``test`` calls unless ``refit=True``.
+    kept for later ``test`` calls unless ``refit=True`` or training has moved the weights since,
+    and ``trainer.save_checkpoint`` keeps them beside the weights: a routine built with the same
+    criteria (and an unfitted post-processing of the same class) and loaded with
+    ``ClassificationRoutine.load_from_checkpoint`` tests without refitting.
 
     Args:
         model: the classifier, returning logits ``(N, C)`` (``(N, 1)`` for a binary model).

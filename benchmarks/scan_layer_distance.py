@@ -32,8 +32,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ood_cifar10_svhn import cached_sets
-from select_deup import baseline_metrics, load_cache, margins, proxy_metrics, proxy_tasks, synthetic_outputs
+from select_deup import add_proxy_arguments, baseline_metrics, load_proxy, margins, proxy_metrics, proxy_tasks
 from torch_deup.features.base import FeatureExtractor, feature_matrix
 from torch_deup.features.layers import LayerRange, LayerStatistics
 from torch_deup.outputs import ModelOutputs
@@ -174,11 +173,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quantiles", type=float, nargs="+", default=[0.001, 0.002])
     parser.add_argument("--class-quantiles", type=float, nargs="*", default=[0.0, 0.002, 0.005, 0.01])
-    parser.add_argument("--outputs", default=None, help="the outputs cached by ood_cifar10_svhn.py")
-    parser.add_argument("--data", default="../shared/data/cifar10")
-    parser.add_argument(
-        "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
-    )
+    add_proxy_arguments(parser)
     parser.add_argument("--save", default=None, help="write the per-draw figures here, for --combine")
     parser.add_argument("--combine", nargs="+", default=None, help="files of --save: the shared choice")
     args = parser.parse_args()
@@ -187,10 +182,7 @@ def main() -> None:
         return
     ensemble = len(args.checkpoint) > 1
     torch.set_num_threads(1)
-    saved = load_cache(args.outputs, args.checkpoint)
-    sets = cached_sets(saved)
-    halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in args.draws]
-    corrupted = synthetic_outputs(args.data, args.checkpoint, sets["val"][0], halves, saved["setup"])
+    sets, corrupted = load_proxy(args, args.draws)
     baselines = ["msp", "knn", "gda", "mutual_information" if ensemble else "vim"]
     names = distances(args.quantiles, args.class_quantiles)
     rows = []

@@ -2,7 +2,9 @@
 
     python benchmarks/select_deup.py '{}' '{"held_out_classes": 0}' ... [--draws 3]
 
-Reads the outputs cached by ``ood_cifar10_svhn.py`` but only its train and validation splits. Each
+Reads the outputs cached by ``ood_cifar10_svhn.py`` but only its train and validation splits (with
+``--published``, for a model trained on all training images, the half of the test split the
+benchmark calibrates on, in place of the validation split: never the half it evaluates on). Each
 draw fits every detector and DEUP configuration twice, once per task:
 
 - *near*: two classes (drawn with the draw's seed) play the OOD set. They are removed from the
@@ -42,9 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from ood_cifar10_svhn import CACHE_VERSION, cached_sets, checkpoints_sha256, load_model
+from ood_cifar10_svhn import CACHE_VERSION, cached_sets, checkpoints_sha256, load_model, published_protocol
 from torch_deup.datamodules.splits import stratified_split
-from torch_deup.datamodules.tensor_data import TensorImageDataset, batch_loader, load_image_folder
+from torch_deup.datamodules.tensor_data import (
+    ImageTensors,
+    TensorImageDataset,
+    batch_loader,
+    load_image_folder,
+)
 from torch_deup.metrics import augrc, ood_auroc, scod_losses
 from torch_deup.ood_criteria import get_criterion
 from torch_deup.outputs import ModelOutputs, collect_outputs
@@ -139,26 +146,38 @@ def corrupt(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     raise ValueError(f"Unknown corruption {kind!r}; expected one of {SYNTHETIC + SHIFTED}.")
 
 
+def validation_images(data: str, setup: dict, published: bool) -> ImageTensors:
+    """The images of the proxy's validation rows, in the order of the cached outputs: the
+    validation split of the training images, or for ``published`` (a model trained on all of them)
+    the test half the benchmark calibrates on (``ood_cifar10_svhn.published_protocol``)."""
+    if published:
+        test = load_image_folder(f"{data}/test", progress=False)
+        return test.subset(stratified_split(test.targets, 0.5, seed=0)[1])
+    train = load_image_folder(f"{data}/train", progress=False)
+    return train.subset(stratified_split(train.targets, setup["val_split"], seed=setup["split_seed"])[1])
+
+
 def synthetic_outputs(
     data: str,
     checkpoints: list[str],
     cached_val: ModelOutputs,
     halves: list[Tensor],
     setup: dict,
+    published: bool = False,
 ) -> list[dict[str, ModelOutputs]]:
     """For each draw, the model's outputs on each :func:`corrupt` kind, far and shifted, of the
     validation rows ``halves[draw]`` (the draw's ID half; in the order of the cached validation
     outputs ``cached_val``, checked on a batch): a draw never scores corruptions of the rows DEUP
     is fitted on, and its mosaics mix images of its ID half only. ``setup`` is the cache's record of
-    the input statistics and the validation split (``mean``, ``std``, ``val_split``, ``split_seed``)."""
-    train = load_image_folder(f"{data}/train", progress=False)
-    _, val_idx = stratified_split(train.targets, setup["val_split"], seed=setup["split_seed"])
-    val = train.images[val_idx]
+    the input statistics and the validation split (``mean``, ``std``, ``val_split``, ``split_seed``);
+    ``published``: see :func:`validation_images`."""
+    source = validation_images(data, setup, published)
+    val = source.images
     generator = torch.Generator().manual_seed(0)
     model = load_model(checkpoints)
 
     def outputs_of(images: Tensor) -> ModelOutputs:
-        tensors = type(train)(images, torch.zeros(len(images), dtype=torch.long), train.classes)
+        tensors = ImageTensors(images, torch.zeros(len(images), dtype=torch.long), source.classes)
         dataset = TensorImageDataset(tensors, tuple(setup["mean"]), tuple(setup["std"]))
         return collect_outputs(model, batch_loader(dataset, 500), progress=False)[0]
 
@@ -182,11 +201,12 @@ def synthetic_outputs(
     return draws
 
 
-def load_cache(path: str | None, checkpoints: list[str]) -> dict:
+def load_cache(path: str | None, checkpoints: list[str], published: bool = False) -> dict:
     """The outputs ``ood_cifar10_svhn.py`` cached for ``checkpoints`` (at ``path``, or where it
-    writes them), after checking its version and checkpoints."""
+    writes them, with ``--published`` or not), after checking its version and checkpoints."""
     ensemble = len(checkpoints) > 1
-    path = path or f"results/cifar10_svhn{'_ensemble' if ensemble else ''}_outputs.pt"
+    suffix = ("_ensemble" if ensemble else "") + ("_published" if published else "")
+    path = path or f"results/cifar10_svhn{suffix}_outputs.pt"
     saved = torch.load(path, weights_only=True)
     if saved.get("version") != CACHE_VERSION:
         raise SystemExit(f"{path} was written by an older ood_cifar10_svhn.py: run it again to refresh it.")
@@ -196,6 +216,34 @@ def load_cache(path: str | None, checkpoints: list[str]) -> dict:
             "ood_cifar10_svhn.py with these checkpoints, or pass the --outputs it wrote for them."
         )
     return saved
+
+
+def load_proxy(args: argparse.Namespace, draws: list[int]) -> tuple[dict, list[dict[str, ModelOutputs]]]:
+    """The cached splits (the published protocol's for ``args.published``) and, per draw, the
+    model's outputs on the corrupted images of its ID half (:func:`synthetic_outputs`)."""
+    saved = load_cache(args.outputs, args.checkpoint, args.published)
+    sets = cached_sets(saved)
+    if args.published:
+        sets = published_protocol(sets)
+    halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in draws]
+    corrupted = synthetic_outputs(
+        args.data, args.checkpoint, sets["val"][0], halves, saved["setup"], args.published
+    )
+    return sets, corrupted
+
+
+def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and data options ``select_deup.py`` and ``scan_layer_distance.py`` share."""
+    parser.add_argument("--outputs", default=None, help="the outputs cached by ood_cifar10_svhn.py")
+    parser.add_argument("--data", default="../shared/data/cifar10")
+    parser.add_argument(
+        "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
+    )
+    parser.add_argument(
+        "--published",
+        action="store_true",
+        help="a model trained on all training images: its proxy is the test half it calibrates on",
+    )
 
 
 def baseline_metrics(name: str, near: dict, full: dict, far: dict[str, ModelOutputs]) -> Tensor:
@@ -240,11 +288,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("configs", nargs="*", help="DEUP keyword arguments as JSON, one per configuration")
     parser.add_argument("--draws", type=int, default=3, help="held-out pairs to average over")
-    parser.add_argument("--outputs", default=None, help="the outputs cached by ood_cifar10_svhn.py")
-    parser.add_argument("--data", default="../shared/data/cifar10")
-    parser.add_argument(
-        "--checkpoint", nargs="+", default=["checkpoints/resnet20_cifar10.pt"], help="several: an ensemble"
-    )
+    add_proxy_arguments(parser)
     parser.add_argument("--save", default=None, help="write the means to this JSON file, for --combine")
     parser.add_argument(
         "--combine", nargs="+", default=None, help="JSON files of --save: print the rule's shared choice"
@@ -255,18 +299,9 @@ def main() -> None:
         return
     ensemble = len(args.checkpoint) > 1
     torch.set_num_threads(1)
-    saved = load_cache(args.outputs, args.checkpoint)
-    sets = cached_sets(saved)
     # the synthetic images go through the model as its cached outputs did
+    sets, corrupted = load_proxy(args, list(range(args.draws)))
     tasks = [proxy_tasks(sets, draw) for draw in range(args.draws)]
-    halves = [full["id_rows"] for _, _, full in tasks]
-    corrupted = synthetic_outputs(
-        args.data,
-        args.checkpoint,
-        sets["val"][0],
-        halves,
-        saved["setup"],
-    )
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "layer_range", "layer_class_range"]
     baselines.append("mutual_information" if ensemble else "vim")

@@ -5,9 +5,13 @@ import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from select_deup import SHIFTED, SYNTHETIC, margins, print_choice, print_shared_choice
+from ood_cifar10_svhn import published_protocol
+from select_deup import SHIFTED, SYNTHETIC, margins, print_choice, print_shared_choice, validation_images
+from torch_deup.datamodules.tensor_data import load_image_folder
+from torch_deup.outputs import ModelOutputs
 
 BASELINES = ["msp", "knn"]
 
@@ -61,3 +65,23 @@ def test_the_shared_choice_takes_the_widest_smallest_margin_over_every_proxy(tmp
         paths[-1].write_text(json.dumps({"baselines": BASELINES, "means": record}))
     print_shared_choice([str(p) for p in paths])
     assert capsys.readouterr().out.strip().endswith("chosen for all: B")
+
+
+def test_the_published_proxy_reads_the_test_half_the_benchmark_calibrates_on(tmp_path):
+    # each image carries its position in the folder as a marker pixel
+    labels = torch.arange(24) % 3
+    images = torch.randint(0, 256, (24, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(24, dtype=torch.uint8)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (tmp_path / "test" / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(
+            tmp_path / "test" / f"class{label}" / f"{i:04d}.png"
+        )
+    test = load_image_folder(tmp_path / "test", progress=False)
+    marked = ModelOutputs(test.images[:, 0, 0, 0].float()[:, None])  # outputs that name their image
+    other = ModelOutputs(torch.zeros(6, 1))
+    sets = {"train": (other, torch.zeros(6)), "val": (other, torch.zeros(6)), "svhn": (other, torch.zeros(6))}
+    calibration = published_protocol(sets | {"test": (marked, test.targets)})["val"][0]
+    proxy = validation_images(str(tmp_path), {}, published=True)
+    assert torch.equal(proxy.images[:, 0, 0, 0].float(), calibration.logits[:, 0])
+    assert len(proxy.images) == 12

@@ -154,13 +154,18 @@ def collect_all(
     return sets, times
 
 
+def published_halves(test_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test rows a published model is evaluated on, and those it calibrates on."""
+    return stratified_split(test_targets, 0.5, seed=0)
+
+
 def published_protocol(
     sets: dict[str, tuple[ModelOutputs, torch.Tensor]],
 ) -> dict[str, tuple[ModelOutputs, torch.Tensor]]:
     """The splits for a model trained on all training images: train + validation as the reference,
     a stratified half of the test set (seed 0) to calibrate on, the other half to evaluate."""
     (test, y_test), (train, y_train), (val, y_val) = sets["test"], sets["train"], sets["val"]
-    evaluate, calibrate = stratified_split(y_test, 0.5, seed=0)
+    evaluate, calibrate = published_halves(y_test)
     return {
         "train": (concat_outputs([train, val]), torch.cat([y_train, y_val])),
         "val": (test[calibrate], y_test[calibrate]),
@@ -422,6 +427,9 @@ def main() -> None:
         )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        # the record names the DEUP settings it was run with
+        ours = json.loads(args.deup)
+        rows = [row | {"deup": ours} if row["criterion"].startswith("DEUP (ours") else row for row in rows]
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 

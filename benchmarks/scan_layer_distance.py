@@ -182,7 +182,7 @@ def main() -> None:
         return
     ensemble = len(args.checkpoint) > 1
     torch.set_num_threads(1)
-    sets, corrupted = load_proxy(args, args.draws)
+    sets, _, corrupted = load_proxy(args, args.draws)
     baselines = ["msp", "knn", "gda", "mutual_information" if ensemble else "vim"]
     names = distances(args.quantiles, args.class_quantiles)
     rows = []

@@ -1,4 +1,4 @@
-"""Choose DEUP's settings without touching test data: validation halves and held-out classes.
+"""Choose DEUP's settings without the evaluation data: validation halves and held-out classes.
 
     python benchmarks/select_deup.py '{}' '{"held_out_classes": 0}' ... [--draws 3]
 
@@ -44,7 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from ood_cifar10_svhn import CACHE_VERSION, cached_sets, checkpoints_sha256, load_model, published_protocol
+from ood_cifar10_svhn import (
+    CACHE_VERSION,
+    cached_sets,
+    checkpoints_sha256,
+    load_model,
+    published_halves,
+    published_protocol,
+)
 from torch_deup.datamodules.splits import stratified_split
 from torch_deup.datamodules.tensor_data import (
     ImageTensors,
@@ -152,7 +159,7 @@ def validation_images(data: str, setup: dict, published: bool) -> ImageTensors:
     the test half the benchmark calibrates on (``ood_cifar10_svhn.published_protocol``)."""
     if published:
         test = load_image_folder(f"{data}/test", progress=False)
-        return test.subset(stratified_split(test.targets, 0.5, seed=0)[1])
+        return test.subset(published_halves(test.targets)[1])
     train = load_image_folder(f"{data}/train", progress=False)
     return train.subset(stratified_split(train.targets, setup["val_split"], seed=setup["split_seed"])[1])
 
@@ -184,9 +191,14 @@ def synthetic_outputs(
     # every tenth row: the rows come sorted by class, and the first 500 would check one class only
     check = torch.arange(0, len(val), 10)[:500]
     if not torch.allclose(outputs_of(val[check]).logits, cached_val.logits[check], atol=1e-3):
+        rows = (
+            "calibration half of the test images"
+            if published
+            else f"validation split (seed {setup['split_seed']})"
+        )
         raise SystemExit(
-            f"The validation images under {data} (split seed {setup['split_seed']}) are not those of "
-            "the cached outputs: pass the --data the cache was written from."
+            f"The {rows} under {data} are not the images of the cached outputs: pass the --data the "
+            "cache was written from, and --published exactly when the cache is the published protocol's."
         )
     # the mosaic is the last kind that draws random numbers: the others keep their images
     per_image = {
@@ -218,18 +230,22 @@ def load_cache(path: str | None, checkpoints: list[str], published: bool = False
     return saved
 
 
-def load_proxy(args: argparse.Namespace, draws: list[int]) -> tuple[dict, list[dict[str, ModelOutputs]]]:
-    """The cached splits (the published protocol's for ``args.published``) and, per draw, the
-    model's outputs on the corrupted images of its ID half (:func:`synthetic_outputs`)."""
+def load_proxy(args: argparse.Namespace, draws: list[int]) -> tuple[dict, list[tuple], list[dict]]:
+    """The proxy's splits, ``"train"`` and ``"val"`` only (the published protocol's for
+    ``args.published``: the evaluation half of the test split and SVHN are left out), each draw's
+    :func:`proxy_tasks`, and per draw the model's outputs on the corrupted images of its ID half
+    (:func:`synthetic_outputs`)."""
     saved = load_cache(args.outputs, args.checkpoint, args.published)
     sets = cached_sets(saved)
     if args.published:
         sets = published_protocol(sets)
-    halves = [proxy_tasks(sets, draw)[2]["id_rows"] for draw in draws]
+    sets = {split: sets[split] for split in ("train", "val")}
+    tasks = [proxy_tasks(sets, draw) for draw in draws]
+    halves = [full["id_rows"] for _, _, full in tasks]
     corrupted = synthetic_outputs(
         args.data, args.checkpoint, sets["val"][0], halves, saved["setup"], args.published
     )
-    return sets, corrupted
+    return sets, tasks, corrupted
 
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,8 +316,7 @@ def main() -> None:
     ensemble = len(args.checkpoint) > 1
     torch.set_num_threads(1)
     # the synthetic images go through the model as its cached outputs did
-    sets, corrupted = load_proxy(args, list(range(args.draws)))
-    tasks = [proxy_tasks(sets, draw) for draw in range(args.draws)]
+    _, tasks, corrupted = load_proxy(args, list(range(args.draws)))
     # ViM needs one linear head; an ensemble has mutual information instead
     baselines = ["msp", "knn", "gda", "layer_stats", "layer_range", "layer_class_range"]
     baselines.append("mutual_information" if ensemble else "vim")

@@ -67,7 +67,8 @@ def test_the_shared_choice_takes_the_widest_smallest_margin_over_every_proxy(tmp
     assert capsys.readouterr().out.strip().endswith("chosen for all: B")
 
 
-def test_the_published_proxy_reads_the_test_half_the_benchmark_calibrates_on(tmp_path):
+def test_the_published_proxy_reads_the_test_half_the_benchmark_calibrates_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_DEUP_CACHE", str(tmp_path / "cache"))  # the decoded images' cache
     # each image carries its position in the folder as a marker pixel
     labels = torch.arange(24) % 3
     images = torch.randint(0, 256, (24, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)

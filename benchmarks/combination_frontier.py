@@ -15,9 +15,9 @@ score ``e`` (``g``, or ``1 - MSP``) with the distance ``d``:
 
 This reads test labels and SVHN: it shows where a family's frontier lies. It is the diagnostic
 that showed the gate family far from issue 5's targets and the log-evidence family nearer them,
-after which DEUP's form changed from the gate to the evidence: that choice saw test data (the
-README says so). The weight itself was chosen on ``select_deup.py``'s proxy; do not pick settings
-from this script's figures.
+after which DEUP's form changed from the gate to the evidence: that choice saw test data
+(``docs/choosing_the_defaults.md`` says so). The weight itself was chosen on ``select_deup.py``'s
+proxy; do not pick settings from this script's figures.
 """
 
 from __future__ import annotations

@@ -190,8 +190,8 @@ margin, here the misclassification one, and chose ``t0 = 3`` (same grid, scratch
 ==============================  ======  ========  ========  ======  =======  ======
 
 (MSP: 90.91, 50.651; KNN: 85.30, 45.616; ViM: 82.55, 47.046.) This chose ``t0 = 3`` after the
-test runs of ``t0 = 2`` (in the README): the rule and the grid are the ones fixed before those
-runs, only the proxy's images changed.
+test runs of ``t0 = 2`` (in the README's results): the rule and the grid are the ones fixed
+before those runs, only the proxy's images changed.
 
 The test runs of ``t0 = 3`` then showed that the rule read the wrong bar: it compared DEUP's mean
 AUROC over a group of kinds with the best baseline's mean over the same kinds, an easier bar than
@@ -233,8 +233,8 @@ and chooses the default. A later fix of an ensemble's output statistics (the mem
 logit and energy) moved the ensemble's proxy: the default reads 90.45 / 97.74 / 44.483 / 95.71 /
 72.04, smallest margin +0.12, and that proxy alone now chooses it too (onset 0: +0.02; onset 3:
 -0.70; ``layer_weight=1.25`` not eligible); ``--combine`` still chooses it. The rule's change was
-made after the eighth session's test runs had shown the proxy misled; the disclosure is in the
-README.
+made after the eighth session's test runs had shown the proxy misled; the disclosure is in
+``docs/choosing_the_defaults.md``.
 
 The tenth session tried the logarithm of each channel's standard deviation in place of the
 deviation (``log(std + 1e-4)``), and both side by side, on the same proxy and grid (``t0`` in 0,

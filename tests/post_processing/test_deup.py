@@ -559,3 +559,22 @@ def test_scoring_runs_the_model_on_the_fitting_device_and_refuses_nan_outputs(mo
     assert devices == ["cpu"]
     with pytest.raises(ValueError, match="NaN or inf outputs on these inputs"):
         deup(torch.full((2, 4), float("nan")))
+
+
+@pytest.mark.parametrize(
+    ("targets", "hint"),
+    [
+        (torch.nn.functional.one_hot(torch.arange(20) % 3, 3), r"One-hot targets\? Pass targets.argmax\(1\)"),
+        (torch.arange(20) % 3 + 1, r"Labels counted from 1\? Pass targets - 1"),
+        (torch.full((20,), 7), "the index of its class among the model's outputs"),
+    ],
+)
+def test_targets_outside_the_classes_name_the_likely_cause(targets, hint):
+    with pytest.raises(ValueError, match=hint):
+        DEUP(model=mlp(), **FAST).fit(DataLoader(TensorDataset(torch.randn(20, 4), targets), batch_size=8))
+
+
+def test_scoring_a_loader_instead_of_a_batch_is_named():
+    deup = DEUP(model=mlp(), **FAST).fit(loader())
+    with pytest.raises(TypeError, match="scores a batch of inputs, a Tensor, but got a DataLoader"):
+        deup(loader())

@@ -250,9 +250,28 @@ def test_deup_mixes_the_gates_as_independent_evidence_then_multiplies_by_the_lay
         assert (t_layer < onset).any()
         assert (t_layer > onset).any()
     evidence = log_evidence(t_layer, layer_weight, onset) + log_evidence(t_knn, knn_weight, onset)
+    # the log score is the same score, uncapped
+    torch.testing.assert_close(
+        deup.log_score(x), torch.log(expected.double()) + evidence, rtol=1e-5, atol=1e-5
+    )
     # capped where float32 ends
     expected = (expected * torch.exp(evidence)).clamp(max=torch.finfo(torch.float32).max)
     torch.testing.assert_close(deup(x), expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_log_score_ranks_the_inputs_that_tie_at_the_scores_cap():
+    model = conv_net()
+    deup = DEUP(model=model, **LAYER).fit(image_loader(90, 0), image_loader(150, 1))
+    x = torch.randn(20, 1, 5, 5)
+    far = x * torch.logspace(4, 6, 20)[:, None, None, None]  # ever farther: t grows with the scale
+    capped = deup(far)
+    assert (capped == torch.finfo(torch.float32).max).sum() >= 10
+    log_scores = deup.log_score(far)
+    assert log_scores.dtype == torch.float64
+    assert len(torch.unique(log_scores)) == 20
+    # below the cap, exactly the log of the score
+    typical = torch.randn(20, 1, 5, 5)
+    torch.testing.assert_close(deup.log_score(typical).exp().float(), deup(typical), rtol=1e-6, atol=0)
 
 
 def test_the_layer_evidence_keeps_far_inputs_finite_and_ranked_above_typical_ones(tmp_path):

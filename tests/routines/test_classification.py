@@ -545,6 +545,7 @@ def test_a_checkpoint_keeps_the_fitted_criteria_and_deup_and_its_routine_scores_
         eval_ood=True,
         post_processing=DEUP(progress=False),
         ood_criterion=CHECKPOINT_CRITERIA,
+        weights_only=True,  # the kept state is tensors and plain values
     )
     assert isinstance(loaded.post_processing, DEUP)
     assert loaded.post_processing.model is fresh

@@ -89,6 +89,12 @@ class PostProcessing(ABC):
     def model_outputs(self, x: Tensor) -> ModelOutputs:
         """One forward pass of the base model, logits and embedding captured together."""
         model = self._require_model()
+        if not isinstance(x, Tensor):
+            raise TypeError(
+                f"{type(self).__name__} scores a batch of inputs, a Tensor, but got a {type(x).__name__}. "
+                "For a DataLoader, score each batch, or collect the outputs once "
+                "(torch_deup.outputs.collect_outputs) and call score_outputs."
+            )
         # on the device the fit collected its outputs on, so scores see the same arithmetic
         with torch.no_grad(), evaluating(model, getattr(self, "device", None)):
             return OutputCapture(model, self.recorded_layers)(model_input(model, x))

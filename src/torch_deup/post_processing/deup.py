@@ -172,10 +172,18 @@ def per_sample_errors(task: str, logits: Tensor, targets: Tensor) -> Tensor:
     if targets.dtype.is_floating_point and not torch.equal(targets, targets.round()):
         raise ValueError("Classification targets must be integer class indices, but got fractional values.")
     if targets.dim() != 1 or targets.min() < 0 or targets.max() >= num_classes:
+        # the likely cause: one-hot rows, or labels counted from 1
+        hint = (
+            "One-hot targets? Pass targets.argmax(1)."
+            if targets.dim() == 2
+            else "Labels counted from 1? Pass targets - 1."
+            if targets.min() >= 1 and targets.max() == num_classes
+            else "Give each sample the index of its class among the model's outputs."
+        )
         raise ValueError(
             f"Classification targets must be class indices in [0, {num_classes}) of shape (N,), but got "
             f"shape {tuple(targets.shape)} with values in [{targets.min().item()}, {targets.max().item()}]. "
-            "One-hot targets? Pass targets.argmax(1)."
+            + hint
         )
     if logits.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float(), reduction="none")
@@ -804,10 +812,34 @@ class DEUP(PostProcessing):
     def score_outputs(self, outputs: ModelOutputs) -> Tensor:
         """DEUP's score on already computed outputs: one non-negative score per sample, ``g``
         mixed with the probability that the input is OOD from the gates DEUP has (steps 6, 7), then
-        multiplied by the layer-statistics and KNN evidence (step 7)."""
+        multiplied by the layer-statistics and KNN evidence (step 7). The evidence can carry an
+        input far off past float32's largest value, where such inputs tie:
+        :meth:`log_score_outputs` ranks them."""
+        scores, log_evidence = self._score_parts(outputs)
+        if log_evidence is not None:
+            # capped where float32 ends: t grows linearly beyond the calibration rows, and an input
+            # far off (unnormalised pixels) would otherwise score inf
+            log_scores = torch.log(scores.double()) + log_evidence
+            scores = torch.exp(log_scores.clamp(max=_LOG_FLOAT32_MAX)).float()
+        return scores.to(outputs.logits.device)
+
+    def log_score_outputs(self, outputs: ModelOutputs) -> Tensor:
+        """The natural log of :meth:`score_outputs`, in float64 and not capped: inputs that tie at
+        the score's cap still rank here."""
+        scores, log_evidence = self._score_parts(outputs)
+        log_scores = torch.log(scores.double()) + (0.0 if log_evidence is None else log_evidence)
+        return log_scores.to(outputs.logits.device)
+
+    def log_score(self, x: Tensor) -> Tensor:
+        """:meth:`log_score_outputs` for raw inputs (one forward pass of the base model)."""
+        self._check_fitted()
+        return self.log_score_outputs(self.model_outputs(x))
+
+    def _score_parts(self, outputs: ModelOutputs) -> tuple[Tensor, Tensor | None]:
+        """On the CPU: ``g`` mixed by the gates (float32), and the summed log evidence (float64),
+        ``None`` without evidence."""
         self._check_fitted()
         check_finite_outputs(outputs.logits, "these inputs, which DEUP cannot score")
-        device = outputs.logits.device
         outputs = outputs.to("cpu")
         x = feature_matrix(self.features_, outputs)
         scores = self.g_(self.scaler_(x))
@@ -828,12 +860,7 @@ class DEUP(PostProcessing):
         if self.knn_evidence_ is not None:
             knn = x[:, self.knn_column_]
             log_evidence.append(self._log_evidence(self.knn_evidence_, knn, self.knn_weight_))
-        if log_evidence:
-            # in log space, capped where float32 ends: t grows linearly beyond the calibration rows,
-            # and an input far off (unnormalised pixels) would otherwise score inf
-            log_scores = torch.log(scores.double()) + sum(log_evidence)
-            scores = torch.exp(log_scores.clamp(max=_LOG_FLOAT32_MAX)).float()
-        return scores.to(device)
+        return scores, (sum(log_evidence) if log_evidence else None)
 
     def _log_evidence(self, evidence: TailEvidence, scores: Tensor, weight: float) -> Tensor:
         """``weight * (max(t, onset) - max(onset, 1))``: with an onset of at least 1, an input whose

@@ -268,6 +268,8 @@ def test_the_log_score_ranks_the_inputs_that_tie_at_the_scores_cap():
     assert (capped == torch.finfo(torch.float32).max).sum() >= 10
     log_scores = deup.log_score(far)
     assert log_scores.dtype == torch.float64
+    assert not log_scores.requires_grad
+    assert not capped.requires_grad
     assert len(torch.unique(log_scores)) == 20
     # below the cap, exactly the log of the score
     typical = torch.randn(20, 1, 5, 5)

@@ -835,6 +835,7 @@ class DEUP(PostProcessing):
         self._check_fitted()
         return self.log_score_outputs(self.model_outputs(x))
 
+    @torch.no_grad()  # scores are read, not trained through: no graph kept with them
     def _score_parts(self, outputs: ModelOutputs) -> tuple[Tensor, Tensor | None]:
         """On the CPU: ``g`` mixed by the gates (float32), and the summed log evidence (float64),
         ``None`` without evidence."""

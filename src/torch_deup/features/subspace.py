@@ -46,7 +46,9 @@ def recover_linear_head(embedding: Tensor, logits: Tensor) -> tuple[Tensor, Tens
         warnings.warn(
             f"The recorded embedding spans {int(fit.rank) - 1} of its {design.shape[1] - 1} dimensions on "
             "these rows (constant ones, such as ReLU units that never fire): the head's weights on the "
-            "others cannot be recovered, and the minimum-norm head is used.",
+            "others cannot be recovered, and the minimum-norm head is used. It gives the same logits on "
+            "these rows; only inputs that move the constant units (ViM's residual, DEUP's virtual "
+            "outliers) read a head that ignores them. Nothing needs doing unless such units matter.",
             stacklevel=2,
         )
     solution = fit.solution

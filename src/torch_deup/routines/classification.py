@@ -273,7 +273,7 @@ class ClassificationRoutine(LightningModule):
             return
         posts = {}
         for criterion in self._criteria:
-            post = criterion.post_processing if criterion.needs_post_processing else None
+            post = _scoring_post_processing(criterion)
             if post is not None and post.is_fitted:
                 try:
                     posts[criterion.name] = {"class": class_path(post), "state": post.state_dict()}
@@ -300,7 +300,7 @@ class ClassificationRoutine(LightningModule):
         for criterion in self._criteria:
             if criterion.needs_fit and criterion.name in saved["criteria"]:
                 criterion.load_state_dict(saved["criteria"][criterion.name])
-            post = criterion.post_processing if criterion.needs_post_processing else None
+            post = _scoring_post_processing(criterion)
             entry = saved["post_processing"].get(criterion.name)
             if post is None or entry is None:
                 continue
@@ -359,22 +359,22 @@ class ClassificationRoutine(LightningModule):
             )
         return names if len(names) == num_sets else [f"ood{i}" for i in range(1, num_sets + 1)]
 
-    def _post_processings_to_fit(self) -> list[PostProcessing]:
-        """Each distinct post-processing some criterion scores with, if unfitted (or ``refit``, or
-        fitted before training moved the weights)."""
+    def _post_processings_to_fit(self, refit: bool) -> list[PostProcessing]:
+        """Each distinct post-processing some criterion scores with, if unfitted or ``refit`` (set
+        by ``refit=True`` or by training since the fit)."""
         posts: list[PostProcessing] = []
         for criterion in self._criteria:
-            post = criterion.post_processing if criterion.needs_post_processing else None
+            post = _scoring_post_processing(criterion)
             if post is None or any(post is p for p in posts):
                 continue
-            if self.refit or self._stale_fit or not post.is_fitted:
+            if refit or not post.is_fitted:
                 posts.append(post)
         return posts
 
     def _fit_components(self) -> None:
         refit = self.refit or self._stale_fit
         criteria = [c for c in self._criteria if c.needs_fit and (refit or not c.fitted)]
-        posts = self._post_processings_to_fit()
+        posts = self._post_processings_to_fit(refit)
         if not criteria and not posts:
             return
         datamodule = self._fitting_datamodule()
@@ -422,6 +422,11 @@ class _Converted:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def _scoring_post_processing(criterion: OODCriterion) -> PostProcessing | None:
+    """The post-processing ``criterion`` scores with, if it scores with one."""
+    return criterion.post_processing if criterion.needs_post_processing else None
 
 
 def _train_eval_loader(datamodule: LightningDataModule) -> Iterable:
